@@ -1,0 +1,49 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11 and pip:
+#   make test    every test (notebooks stripped + package in sync, nbdev_test, pytest)
+#   make repro   the main job (the mini profile end to end)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Tests never reach the network: offline failures are instant.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: venv test sync nbtest pytest repro readme clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): settings.ini setup.py pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+# Notebooks stripped and package in sync with them: nbdev_clean + nbdev_export must change nothing.
+sync: venv
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_export
+	$(BIN)/python tools/build_readme.py --check
+	@if [ -n "$$(git status --porcelain -- nbs dive_nb)" ]; then \
+	  git status --porcelain -- nbs dive_nb; git --no-pager diff --stat -- nbs dive_nb; \
+	  echo "error: notebooks not stripped or dive_nb/ out of sync with nbs/ (run nbdev_clean && nbdev_export, then commit)"; exit 1; fi
+
+nbtest: venv
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: venv
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+
+test: sync nbtest pytest
+
+repro: venv
+	$(BIN)/dvc repro
+
+readme: venv
+	$(BIN)/python tools/build_readme.py
+
+clean-venv:
+	rm -rf $(VENV)
