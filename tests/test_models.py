@@ -34,7 +34,7 @@ def test_tokenizer_ids_roundtrip_and_eot_is_max():
     assert ids.tolist() == [[6, 1, 2, 3, 4, 7], [6, 3, 7, 0, 0, 0]]
     assert tok.vocab_size == 8 and tok.eot_token_id == 7 == ids.max()
     assert (ids.argmax(-1) == torch.tensor([5, 2])).all()  # argmax pooling lands on eot
-    assert tok.decode(ids) == ["a red square on grey", "square"]
+    assert tok.decode(ids) == ["a red square on", "square"]  # 6 tokens: sot + 4 words + eot
     # truncation keeps eot last
     t = tok("a red square on grey a red")
     assert t[0, -1] == tok.eot_token_id and tok.decode(t) == ["a red square on"]
