@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Step time and peak memory of every method, relative to FLYP (a benchmark, not a test).
+
+Each method runs in its own subprocess (a process's peak RSS only grows), through the one training loop
+(`dive_nb.train.train`) with random weights and random data of the right shapes: timing does not depend
+on what the weights are. Prints one line per method, ending with its time ratio to FLYP, e.g. `1.18x`.
+
+    python benchmarks/step_time.py                       # tiny model, CPU, the mini profile's batch sizes
+    python benchmarks/step_time.py --methods flyp dive --steps 30 --threads 1
+    python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 512 --device cuda   # GPU only
+
+Targets (issue 3): DiVE <= 1.3x FLYP's time and <= 1.1x its peak memory with a reference batch of a
+quarter of the ID batch (the DiVE paper's own run cost 1.64x the time and 2.74x the memory of FLYP).
+"""
+from __future__ import annotations
+import argparse, json, os, subprocess, sys, time
+
+DEFAULT_METHODS = ["flyp", "ft", "lp", "flyp_replay", "snd", "dive", "dive_cos"]
+
+
+def _one(a) -> dict:
+    "Measure one method in this process."
+    import torch
+    from dive_nb.data import Split
+    from dive_nb.methods import FineTuneModel, get_method
+    from dive_nb.models import create_model, prepare_images
+    from dive_nb.train import TrainConfig, train
+    torch.manual_seed(0)
+    if a.threads: torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    clip, _, tok = create_model(a.model, device=a.device)
+    ctx = int(getattr(clip, "context_length", 16))
+    vocab = int(getattr(clip, "vocab_size", 50))
+    n, C = max(4 * a.batch, 512), 10
+    g = torch.Generator().manual_seed(0)
+    rnd_tokens = lambda m: torch.randint(1, vocab - 1, (m, ctx), generator=g)
+    imgs = lambda m: torch.randint(0, 256, (m, 3, a.image_size, a.image_size), generator=g, dtype=torch.uint8)
+    ids = Split(imgs(n), {"y": torch.randint(0, C, (n,), generator=g)})
+    ref = Split(imgs(n), {}, None, rnd_tokens(n))
+    with torch.no_grad():
+        d = clip.encode_text(rnd_tokens(2).to(dev)).shape[1]
+    head = torch.nn.functional.normalize(torch.randn(C, d), dim=-1).to(dev)
+    model = FineTuneModel(clip, head).to(dev)
+    pre = (torch.nn.functional.normalize(torch.randn(n, d), dim=-1), torch.nn.functional.normalize(torch.randn(n, d), dim=-1))
+    prompts = rnd_tokens(3 * C).view(3, C, ctx)
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch, ref_batch_size=a.ref_batch or max(1, a.batch // 4), lr=1e-4,
+                      progress=False, ckpt_every=0, num_threads=a.threads)
+    if dev.type == "cuda": torch.cuda.reset_peak_memory_stats()
+    res = train(model, get_method(a.one), ids, "y", prompts, lambda x: prepare_images(x.to(dev)), cfg, ref, pre)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else res["peak_rss_mb"]
+    return {"method": a.one, "sec_per_step": res["sec_per_step"], "peak_mb": peak, "batch": a.batch}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="*", default=DEFAULT_METHODS)
+    ap.add_argument("--model", default="dive-tiny-vit")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--ref-batch", type=int, default=None, help="default: a quarter of --batch")
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.one:
+        print(json.dumps(_one(a)))
+        return 0
+    if a.device == "cpu" and (a.image_size > 64 or not a.model.startswith("dive-tiny")):
+        print(f"error: {a.model} at {a.image_size}px is a GPU benchmark; on a CPU measure the tiny model "
+              f"(omit --model/--image-size) or pass --device cuda on a GPU machine", file=sys.stderr)
+        return 2
+    if "flyp" not in a.methods: a.methods = ["flyp"] + a.methods
+    rows = []
+    base = [sys.executable, __file__, "--model", a.model, "--image-size", str(a.image_size), "--batch", str(a.batch),
+            "--steps", str(a.steps), "--device", a.device]
+    if a.ref_batch: base += ["--ref-batch", str(a.ref_batch)]
+    if a.threads: base += ["--threads", str(a.threads)]
+    for m in a.methods:
+        out = subprocess.run(base + ["--one", m], capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr); return out.returncode
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    f = next(r for r in rows if r["method"] == "flyp")
+    import platform
+    print(f"device: {a.device} ({platform.processor() or platform.machine()}), model {a.model}, {a.image_size}px, "
+          f"ID batch {a.batch}, reference batch {a.ref_batch or max(1, a.batch // 4)}, {a.steps} steps, threads {a.threads}")
+    print(f"{'method':12s} {'s/step':>8s} {'img/s':>8s} {'peak MB':>9s} {'mem':>6s} {'time':>6s}")
+    for r in rows:
+        r["time_ratio"], r["mem_ratio"] = r["sec_per_step"] / f["sec_per_step"], r["peak_mb"] / f["peak_mb"]
+        print(f"{r['method']:12s} {r['sec_per_step']:8.4f} {a.batch / r['sec_per_step']:8.0f} {r['peak_mb']:9.0f} "
+              f"{r['mem_ratio']:5.2f}x {r['time_ratio']:5.2f}x")
+    if a.json:
+        with open(a.json, "w") as fh: json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
