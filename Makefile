@@ -11,6 +11,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
+# DVC stages call papermill / python: the project's venv comes first.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv test sync nbtest pytest repro readme clean-venv
 
