@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'PAPER_LABEL', 'TABLES', 'FIGURES', 'paper_value',
+__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'PAPER_LABEL', 'TABLES', 'FIGURES', 'paper_value',
            'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise',
            'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation',
            'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
@@ -131,12 +131,15 @@ def _frame(recs: list[dict], extra_sort=()) -> pd.DataFrame:
     keys = ["_rank", *extra_sort, "seed", "name"]
     return df.sort_values(keys, kind="stable").drop(columns="_rank").reset_index(drop=True)
 
+RUN_NAME = re.compile(r"[^-]+-\d+")  # <method>-<seed>: a main run's file stem
+
 def load_records(
     metrics_dir: str | Path,  # metrics/<profile>: one <method>-<seed>.json per main run
-) -> pd.DataFrame:  # one row per JSON, flattened columns; empty (columns method, seed, name, path) if none
-    "Read the main runs' records of one profile."
+) -> pd.DataFrame:  # one row per run, flattened columns; empty (columns method, seed, name, path) if none
+    "Read the main runs' records of one profile (files named <method>-<seed>.json; other JSONs are not runs)."
     d = Path(metrics_dir)
-    return _frame([_read_record(f) for f in sorted(d.glob("*.json"))] if d.is_dir() else [])
+    files = [f for f in sorted(d.glob("*.json")) if RUN_NAME.fullmatch(f.stem)] if d.is_dir() else []
+    return _frame([_read_record(f) for f in files])
 
 def _parse_value(s: str):
     try: v = float(s)
@@ -370,8 +373,8 @@ class _Context:
 
     def methods(self) -> list[str]: return method_order(self.main["method"])
 
-    def preds(self, json_path: str) -> dict | None:
-        "The per-example predictions of a run: beside its JSON, else under preds_dir (same relative path)."
+    def preds(self, json_path: str, method: str | None = None) -> dict | None:
+        "A run's per-example predictions: beside its JSON, else under preds_dir (same relative path, or <method>/)."
         if json_path in self._preds: return self._preds[json_path]
         p = Path(json_path).with_suffix(".preds.pt")
         cands = [p]
@@ -379,6 +382,7 @@ class _Context:
             try: rel = p.relative_to(self.metrics_dir)
             except ValueError: rel = Path(p.name)
             cands += [self.preds_dir / rel, self.preds_dir / p.name]
+            if method is not None: cands.append(self.preds_dir / method / p.name)
         hit = next((c for c in cands if c.exists()), None)
         out = None
         if hit is not None:
@@ -391,7 +395,7 @@ class _Context:
         rows = self.main[self.main["method"] == method] if len(self.main) else self.main
         for _, r in rows.iterrows():
             if seed is not None and int(r["seed"]) != seed: continue
-            p = self.preds(r["path"])
+            p = self.preds(r["path"], r["method"])
             if p is not None: return int(r["seed"]), p
         return None
 
@@ -557,30 +561,60 @@ def table_lam(ctx: _Context) -> Table:
                   f"scale (values per λ not found). Source: {PAPER_SOURCE}."])
 
 # %% ../nbs/30_report.ipynb #9127e17a
+def _benchmark(ctx: _Context) -> pd.DataFrame | None:
+    "The step-time benchmark's rows (benchmarks/step_time.py --json <metrics_dir>/cost.json), or None."
+    p = ctx.metrics_dir / "cost.json"
+    if not p.exists(): return None
+    rows = json.loads(p.read_text())
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"method", "sec_per_step"} <= set(r) for r in rows):
+        raise ValueError(f"{p}: expected a list of {{method, sec_per_step, peak_mb, ...}} rows (benchmarks/step_time.py)")
+    return pd.DataFrame(rows).drop_duplicates("method", keep="last").set_index("method")
+
+def _ratio(x: pd.Series, base: str = "flyp") -> np.ndarray:
+    return (x / x.loc[base]).to_numpy() if base in x.index and np.isfinite(x.loc[base]) else np.full(len(x), np.nan)
+
 def table_cost(ctx: _Context) -> Table:
-    "Seconds per step and peak memory per method, and their ratios to FLYP."
-    M = ctx.need()
-    if "cost.sec_per_step" not in M.columns or M["cost.sec_per_step"].isna().all():
-        raise _Skip("no run records its cost")
-    sub = M[M["cost.sec_per_step"].notna()]
-    cols = ["cost.sec_per_step", "cost.peak_rss_mb"]
-    md, num = _stats(sub, cols)
-    agg = aggregate(sub, cols)
-    has_flyp = "flyp" in agg.index
-    for c, lab in ((cols[0], "time ×flyp"), (cols[1], "memory ×flyp")):
-        r = (agg[(c, "mean")] / agg.loc["flyp", (c, "mean")]).to_numpy() if has_flyp else np.full(len(agg), np.nan)
-        md[lab] = [_fmt(x, 2) for x in r]
-        num[f"{c.split('.')[-1]}_ratio_flyp"] = r
+    "Seconds per step (training runs) and the step-time benchmark's time and peak memory, relative to FLYP."
+    M, B = ctx.main, _benchmark(ctx)
+    has = lambda c: len(M) and c in M.columns and M[c].notna().any()
+    if not has("cost.sec_per_step") and B is None:
+        raise _Skip("no run records its cost and there is no step-time benchmark (cost.json)")
+    sub = M[M["cost.sec_per_step"].notna()] if has("cost.sec_per_step") else M.iloc[:0]
+    methods = method_order([*sub["method"], *(B.index if B is not None else [])])
+    md, num = pd.DataFrame({"method": methods}), pd.DataFrame({"method": methods})
+    if len(sub):
+        cols = [c for c in ("cost.sec_per_step", "cost.peak_rss_mb") if has(c)]
+        agg = aggregate(sub, cols).reindex(methods)
+        for c in cols:
+            lab = _label(c) + " (runs)"
+            md[lab] = [fmt_mean_std(m, s, n if np.isfinite(n) else 0, _digits(c))
+                       for m, s, n in zip(agg[(c, "mean")], agg[(c, "std")], agg[(c, "n")])]
+            num[f"{c}_mean"], num[f"{c}_std"] = agg[(c, "mean")].to_numpy(), agg[(c, "std")].to_numpy()
+            r = _ratio(agg[(c, "mean")])
+            md[("time" if "sec" in c else "memory") + " ×flyp (runs)"] = [_fmt(x, 2) for x in r]
+            num[f"{c.split('.')[-1]}_ratio_flyp"] = r
+        md["n"] = num["n"] = agg[(cols[0], "n")].fillna(0).astype(int).to_numpy()
+    if B is not None:
+        b = B.reindex(methods)
+        for c, lab, d in (("sec_per_step", "s / step (benchmark)", 3), ("peak_mb", "peak MB (benchmark)", 0)):
+            if c not in b.columns: continue
+            x = pd.to_numeric(b[c], errors="coerce")
+            md[lab] = [_fmt(v, d) for v in x]; num[f"benchmark_{c}"] = x.to_numpy()
+            r = _ratio(x)
+            md[("time" if c == "sec_per_step" else "memory") + " ×flyp (benchmark)"] = [_fmt(v, 2) for v in r]
+            num[f"benchmark_{c}_ratio_flyp"] = r
     paper = {"flyp": (1.0, 1.0), "dive": (paper_cost_ratio("time"), paper_cost_ratio("memory"))}
-    md[f"{PAPER_LABEL} time ×FLYP"] = [_fmt(paper[m][0], 2) if m in paper else "" for m in md["method"]]
-    md[f"{PAPER_LABEL} memory ×FLYP"] = [_fmt(paper[m][1], 2) if m in paper else "" for m in md["method"]]
-    num["paper_time_ratio"] = [paper[m][0] if m in paper else np.nan for m in num["method"]]
-    num["paper_memory_ratio"] = [paper[m][1] if m in paper else np.nan for m in num["method"]]
-    notes = ["Peak RSS is the training process's peak resident memory on CPU (interpreter and data included); "
-             "the paper's is GPU memory (117K → 321K MB, 35.9 → 58.9 h). " + _REF_NOTE]
-    if not has_flyp: notes.insert(0, "No flyp runs: ratios left blank.")
-    return Table("cost", f"Compute cost. Seconds per step and peak memory, mean ± std over {_seeds(sub)}, and ratios "
-                 "to FLYP; the paper's DiVE/FLYP ratios beside (1.64× time, 2.74× memory).", md, num, notes)
+    md[f"{PAPER_LABEL} time ×FLYP"] = [_fmt(paper[m][0], 2) if m in paper else "" for m in methods]
+    md[f"{PAPER_LABEL} memory ×FLYP"] = [_fmt(paper[m][1], 2) if m in paper else "" for m in methods]
+    num["paper_time_ratio"] = [paper[m][0] if m in paper else np.nan for m in methods]
+    num["paper_memory_ratio"] = [paper[m][1] if m in paper else np.nan for m in methods]
+    notes = ["(runs): measured during the training runs (mean ± std over seeds; peak RSS, where recorded, is the "
+             "process's resident memory on CPU, interpreter and data included). (benchmark): benchmarks/step_time.py, "
+             "one process per method on the same random data (peak MB: RSS on CPU, allocated memory on GPU). The "
+             "paper's numbers are GPU memory 117K → 321K MB and 35.9 → 58.9 h of training. " + _REF_NOTE]
+    if "flyp" not in methods: notes.insert(0, "No flyp measurement: ratios left blank.")
+    return Table("cost", "Compute cost. Seconds per step and peak memory per method, and ratios to FLYP; the paper's "
+                 "DiVE/FLYP ratios beside (1.64× time, 2.74× memory).", md, num, notes)
 
 _SETS = {"ID": ("id_test",), "OOD (pooled)": ("ood_",), "ZS (pooled)": ("zs_",)}
 

@@ -107,10 +107,10 @@ def test_check_available_lists_every_missing_set(tmp_path):
 
 def test_check_available_passes_once_present_and_flags_incomplete_shards(tmp_path):
     d = _wds_mirror(tmp_path, "wds_imagenetv2", [{"webp": _img(0, fmt="WEBP"), "cls": b"3"}], n_shards=1)
-    check_available(["imagenetv2"], tmp_path)  # no error
+    check_available(["imagenet_v2"], tmp_path)  # no error
     (d / "test" / "nshards.txt").write_text("2")  # the second shard never arrived
-    with pytest.raises(DatasetUnavailable, match="imagenetv2"):
-        check_available(["imagenetv2"], tmp_path)
+    with pytest.raises(DatasetUnavailable, match="imagenet_v2"):
+        check_available(["imagenet_v2"], tmp_path)
     with pytest.raises(ValueError, match="unknown dataset 'imagenet-x'"):
         check_available(["imagenet-x"], tmp_path)
 
@@ -293,6 +293,22 @@ def test_caption_shard_first_line_and_lazy_tokens(tmp_path):
     assert b.captions == ["one cat", "a red car"] and b.tokens.tolist() == [[7, 1], [9, 2]]
     h = sp.head(2)
     assert len(h) == 2 and h.tokens[1].tolist() == [8, 1] and h.fingerprint() != sp.fingerprint()
+
+
+def test_streamed_head_and_max_rows(tmp_path):
+    "The first n rows of a streamed dataset become a lazy Arrow-backed split; max_rows gives a head view of a local copy."
+    import datasets
+    ys = [4, 1, 7, 7, 0]
+    d = _wds_mirror(tmp_path, "wds_imagenetv2", [{"webp": _img(500 + i, fmt="WEBP"), "cls": str(y).encode()} for i, y in enumerate(ys)],
+                    n_shards=2)
+    stream = datasets.load_dataset("webdataset", data_files={"test": [str(p) for p in sorted((d / "test").glob("*.tar"))]},
+                                   split="test", streaming=True)
+    sp = pd_.head_of_stream(stream, 3, 16, label_key="cls", cache_dir=tmp_path / "hf")
+    assert len(sp) == 3 and sp.labels["label"].tolist() == ys[:3] and sp.take([2]).images.shape == (1, 3, 16, 16)
+    full = load_split("imagenet_v2", tmp_path, 16, strict=False, cache_dir=tmp_path / "hf2")
+    assert torch.equal(sp.images[[0, 2]], full.images[[0, 2]])  # same pixels through both paths
+    head = load_split("imagenet_v2", tmp_path, 16, max_rows=2, cache_dir=tmp_path / "hf2")  # no size error: a head view
+    assert len(head) == 2 and head.labels["label"].tolist() == ys[:2] and len(head.classnames) == 1000
 
 
 def test_wilds_sets_are_declarations(tmp_path):

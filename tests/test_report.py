@@ -79,11 +79,14 @@ def fabricate_profile(root: Path, methods=tuple(RATES), seeds=(0, 1, 2), sweeps=
             curve = [{"alpha": a, "id_acc": 60 + 20 * a, "ood_avg": 45 + bend * a, "zs_avg": 60 - 10 * a,
                       "rsa": 1 - 0.1 * a} for a in np.linspace(0, 1, 6).tolist()]
             fabricate(sw / "wise" / f"{m}-wise-0.json", m, 0, {"curve": curve})
+    bench = [{"method": m, "sec_per_step": 0.1 + 0.01 * i, "peak_mb": 500.0 + 10 * i, "batch": 8}
+             for i, m in enumerate(("flyp", "ft", "lp", "snd", "dive"))]
+    (root / "cost.json").write_text(json.dumps(bench))  # benchmarks/step_time.py --json (not a run record)
     return root
 
 
 def records(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(root.glob("*.json")) if p.name != "cost.json"]
 
 
 def by(recs, method):
@@ -164,6 +167,9 @@ def test_load_records_flattens_and_orders(tmp_path):
     assert isinstance(df.loc[df.method == "wiseft", "curve"].iloc[0], list)
     assert math.isnan(df.loc[df.method == "zeroshot", "cost.sec_per_step"].iloc[0])
     assert load_records(tmp_path / "missing").empty
+    (tmp_path / "cost.json").write_text(json.dumps([{"method": "flyp", "sec_per_step": 0.1}]))  # not a run record
+    (tmp_path / "selection.json").write_text("{}")
+    assert len(load_records(tmp_path)) == 4
 
 
 def test_load_records_rejects_bad_files(tmp_path):
@@ -375,7 +381,12 @@ def test_wise_table_collects_every_curve(built):
 def test_cost_ratios(built):
     root, metrics, _ = built
     recs, t = records(metrics), read_csv(root, "cost").set_index("method")
-    assert "zeroshot" not in t.index and "wiseft" not in t.index
+    assert "zeroshot" not in t.index and "wiseft" not in t.index and "lp" in t.index  # lp: benchmark only
+    assert math.isnan(t.loc["lp", "cost.sec_per_step_mean"]) and t.loc["lp", "n"] == 0
+    bench = {r["method"]: r for r in json.loads((metrics / "cost.json").read_text())}
+    assert t.loc["dive", "benchmark_peak_mb_ratio_flyp"] == pytest.approx(bench["dive"]["peak_mb"] / bench["flyp"]["peak_mb"])
+    assert t.loc["snd", "benchmark_sec_per_step_ratio_flyp"] == pytest.approx(bench["snd"]["sec_per_step"] / 0.1)
+    assert math.isnan(t.loc["mps", "benchmark_sec_per_step"])
     mean = lambda m, k: statistics.mean(r["cost"][k] for r in by(recs, m))
     assert abs(t.loc["dive", "sec_per_step_ratio_flyp"] - mean("dive", "sec_per_step") / mean("flyp", "sec_per_step")) < 1e-9
     assert abs(t.loc["snd", "peak_rss_mb_ratio_flyp"] - mean("snd", "peak_rss_mb") / mean("flyp", "peak_rss_mb")) < 1e-9
@@ -437,10 +448,12 @@ def test_stale_outputs_are_removed_and_preds_dir_is_searched(tmp_path):
                  only=["lam", "significance", "lam_sweep"])
     assert (tmp_path / "tables" / "toy" / "lam.md").exists() and (tmp_path / "figures" / "toy" / "lam_sweep.png").exists()
     assert not (tmp_path / "tables" / "toy" / "toy").exists()  # a tables_dir named after the profile is used as is
-    # predictions moved to a separate folder with the same layout; the lam sweep removed
+    # predictions moved to a separate folder, laid out as the pipeline does (main runs under <method>/, sweeps
+    # under sweeps/<sweep>/); the lam sweep removed
     preds = tmp_path / "preds"
     for p in sorted(metrics.rglob("*.preds.pt")):
-        dst = preds / p.relative_to(metrics)
+        rel = p.relative_to(metrics)
+        dst = preds / (rel if rel.parent != Path(".") else Path(p.name.split("-")[0]) / p.name)
         dst.parent.mkdir(parents=True, exist_ok=True)
         p.rename(dst)
     for p in (metrics / "sweeps" / "lam").glob("*"):
@@ -451,6 +464,28 @@ def test_stale_outputs_are_removed_and_preds_dir_is_searched(tmp_path):
     assert not (tmp_path / "tables" / "toy" / "lam.md").exists() and not (tmp_path / "figures" / "toy" / "lam_sweep.png").exists()
     with pytest.raises(ValueError, match="only"):
         build_report(metrics, tmp_path / "t", tmp_path / "f", only=["nonexistent"])
+
+
+def test_cost_table_from_runs_or_benchmark_alone(tmp_path):
+    m = tmp_path / "metrics" / "toy"
+    fabricate(m / "flyp-0.json", "flyp", 0, {"cost": {"sec_per_step": 0.2}})  # the pipeline records no peak memory
+    fabricate(m / "flyp-1.json", "flyp", 1, {"cost": {"sec_per_step": 0.4}})
+    fabricate(m / "dive-0.json", "dive", 0, {"cost": {"sec_per_step": 0.5}})
+    build_report(m, tmp_path / "tables", tmp_path / "figures", only=["cost"], verbose=False)
+    t = read_csv(tmp_path, "cost").set_index("method")
+    assert t.loc["dive", "sec_per_step_ratio_flyp"] == pytest.approx(0.5 / 0.3) and "cost.peak_rss_mb_mean" not in t
+    md = (tmp_path / "tables" / "toy" / "cost.md").read_text()
+    assert "| flyp | 0.300 ± 0.141 |" in md and "benchmark" not in md.splitlines()[2]
+    for f in m.glob("*.json"):
+        f.unlink()
+    (m / "cost.json").write_text(json.dumps([{"method": "dive", "sec_per_step": 0.3, "peak_mb": 300},
+                                             {"method": "flyp", "sec_per_step": 0.2, "peak_mb": 200}]))
+    build_report(m, tmp_path / "tables", tmp_path / "figures", only=["cost"], verbose=False)
+    t = read_csv(tmp_path, "cost").set_index("method")
+    assert list(t.index) == ["flyp", "dive"] and t.loc["dive", "benchmark_peak_mb_ratio_flyp"] == pytest.approx(1.5)
+    (m / "cost.json").write_text(json.dumps({"flyp": 1}))
+    with pytest.raises(ValueError, match="cost.json"):
+        build_report(m, tmp_path / "tables", tmp_path / "figures", only=["cost"], verbose=False)
 
 
 def test_world_figure_skips_without_miniworld(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Write paper/dvc.yaml from dvc.yaml: the paper profile runs the same stage notebooks with paper/params.yaml.
+
+Differences: no `world` / `pretrain` stages (open_clip weights from `model:`), stages that read data depend on
+`data/` (tracked by data.dvc), outputs go to artifacts|metrics|tables|figures/paper, every stage has `wdir: ..`,
+and the report stage does not rebuild README.md.   Run: python tools/make_paper_dvc.py
+"""
+from pathlib import Path
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+P = "-p params_file paper/params.yaml -p artifacts artifacts/paper -p metrics metrics/paper"
+HEADER = """# The paper profile (GPU; real weights and data): `dvc repro paper/dvc.yaml`.
+# The same stage notebooks as the mini profile (../dvc.yaml) with paper/params.yaml: no world or pretraining
+# stage (the weights are open_clip's `model.name` / `model.pretrained`), and the stages that read data depend on
+# data/, which data.dvc tracks (add it with `dvc add data` or fetch it with `dvc pull data.dvc`).
+# Generated from dvc.yaml by tools/make_paper_dvc.py: edit dvc.yaml, then rerun it.
+"""
+
+
+def _paper(x: str) -> str:
+    return x.replace("/mini", "/paper")
+
+
+def convert(st: dict, name: str) -> dict:
+    st = yaml.safe_load(yaml.safe_dump(st))
+    cmd = st["cmd"].replace("executed/mini", "executed/paper").replace("-p params_file params.yaml -p artifacts artifacts/mini", P)
+    cmd = cmd.replace("-p params_file params.yaml", P)
+    cmd = cmd.replace("--json metrics/mini/cost.json", "--model ${model.name} --image-size 224 --device cuda --json metrics/paper/cost.json")
+    if name == "report":
+        cmd += " -p tables tables/paper -p figures figures/paper -p readme False"
+    out = {"cmd": cmd, "wdir": ".."}
+    if "matrix" in st: out["matrix"] = st["matrix"]
+    deps = []
+    for d in st.get("deps", []):
+        if d in ("artifacts/mini/world", "artifacts/mini/pretrained"):
+            if "data" not in deps: deps.append("data")
+        elif not (name == "report" and d in ("nbs/index.ipynb", "tools/build_readme.py")):
+            deps.append(_paper(d))
+    out["deps"] = deps
+    params = ["model", "data"] if name == "teacher" else st.get("params", [])
+    if params: out["params"] = [{"paper/params.yaml": params}]
+    for key in ("outs", "metrics"):
+        if key in st:
+            items = [(_paper(o) if isinstance(o, str) else {_paper(k): v for k, v in o.items()}) for o in st[key]]
+            items = [o for o in items if "README" not in str(o)]
+            if items: out[key] = items
+    return out
+
+
+def main() -> None:
+    mini = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = {n: convert(s, n) for n, s in mini.items() if n not in ("world", "pretrain")}
+    txt = yaml.safe_dump({"vars": ["params.yaml"], "stages": stages}, sort_keys=False, width=120)
+    (ROOT / "paper" / "dvc.yaml").write_text(HEADER + txt)
+    print("wrote paper/dvc.yaml")
+
+
+if __name__ == "__main__":
+    main()
