@@ -1,0 +1,69 @@
+"""The whole mini pipeline under DVC on a smoke parameter set, in a temporary clone of this repository:
+every declared output exists and parses, a second `dvc repro` does nothing, and changing one method's
+hyperparameter reruns only that method's stages (and the sweeps and report that read it)."""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _sh(cmd, cwd, **kw):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, shell=True, capture_output=True, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_dvc_pipeline_smoke(tmp_path):
+    if shutil.which("git") is None: pytest.skip("git not available")
+    repo = tmp_path / "repo"
+    r = _sh(f"git clone -q {ROOT} {repo}", tmp_path)
+    assert r.returncode == 0, r.stderr
+    # the working tree's versions of the pipeline files (so the test checks what is about to be committed)
+    for rel in ["dvc.yaml", "nbs/experiments", "dive_nb", "benchmarks", "tools"]:
+        src, dst = ROOT / rel, repo / rel
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True); shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    shutil.copy(ROOT / "tests" / "smoke_params.yaml", repo / "params.yaml")
+    for d in ("metrics", "tables/mini", "figures/mini"):
+        shutil.rmtree(repo / d, ignore_errors=True)
+    r = _sh("dvc repro", repo, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # every declared output exists and parses
+    recs = sorted((repo / "metrics/mini").glob("*-[0-9].json"))
+    methods = {json.loads(p.read_text())["method"] for p in recs}
+    assert methods == {"zeroshot", "ft", "wiseft", "flyp", "dive"}, methods
+    for p in recs:
+        rec = json.loads(p.read_text())
+        assert 0 <= rec["id_acc"] <= 100 and "avg" in rec["ood_acc"] and "avg" in rec["zs_acc"]
+        assert -1 <= rec["geometry"]["rsa"] <= 1 and rec["git_rev"] != "unknown"
+    for sweep in ("lam", "alpha", "refsize", "wise"):
+        assert list((repo / "metrics/mini/sweeps" / sweep).glob("*.json")), sweep
+    assert json.loads((repo / "metrics/mini/cost.json").read_text())[0]["method"] == "flyp"
+    for t in ("main", "zeroshot", "geometry", "ablation", "alpha", "refsize", "wise", "lam", "cost", "significance", "unified"):
+        assert (repo / f"tables/mini/{t}.md").read_text().startswith("**Table"), t
+        assert (repo / f"tables/mini/{t}.csv").stat().st_size > 0, t
+    for f in ("geometry_rsa", "wise_curves", "lam_sweep", "unified_id_vs_zs", "world", "diffvec_pca", "embedding_geometry"):
+        assert (repo / f"figures/mini/{f}.png").read_bytes()[:4] == b"\x89PNG", f
+    assert (repo / "executed/mini/04_finetune-dive.ipynb").exists()
+    readme = (repo / "README.md").read_text()
+    assert "**Table" in readme and "No results yet" not in readme
+    # a second repro does nothing
+    r = _sh("dvc repro", repo, timeout=600)
+    assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout[-2000:]
+    # changing one method's hyperparameter reruns only its dependants
+    p = repo / "params.yaml"
+    p.write_text(p.read_text().replace("dive: {lam: 1.0, alpha: 0.99}", "dive: {lam: 2.0, alpha: 0.99}"))
+    r = _sh("dvc status dvc.yaml", repo)
+    changed = {l.strip().rstrip(":") for l in r.stdout.splitlines() if l and not l.startswith(("\t", " "))}
+    assert {"finetune@dive", "evaluate@dive"} <= changed, changed
+    assert not changed & {"world", "pretrain", "teacher", "finetune@flyp", "finetune@ft", "evaluate@flyp", "evaluate@ft",
+                          "evaluate_zeroshot", "evaluate_wiseft"}, changed
+    r = _sh("dvc repro", repo, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ran = {l.split("'")[1] for l in r.stdout.splitlines() if l.startswith("Running stage")}
+    assert "finetune@dive" in ran and "report" in ran and "finetune@flyp" not in ran and "pretrain" not in ran, ran
