@@ -5,21 +5,16 @@ from pathlib import Path
 
 import torch
 
+HERE = str(Path(__file__).parent)
+
 SCRIPT = textwrap.dedent('''
     import sys, time, torch, torch.nn as nn, torch.nn.functional as F
     torch.set_num_threads(1)
     from dive_nb.data import Split
     from dive_nb.methods import FineTuneModel, get_method
     from dive_nb.train import TrainConfig, train
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.visual = nn.Sequential(nn.Flatten(), nn.Linear(48, 8))
-            self.tok = nn.Embedding(20, 8)
-            self.logit_scale = nn.Parameter(torch.tensor(2.0))
-        def encode_image(self, x): return self.visual(x)
-        def encode_text(self, t): return self.tok(t).mean(1)
+    sys.path.insert(0, sys.argv[3])
+    from tiny import TinyCLIP as Tiny
 
     g = torch.Generator().manual_seed(0)
     ids = Split(torch.randint(0, 256, (64, 3, 4, 4), generator=g, dtype=torch.uint8), {"y": torch.randint(0, 3, (64,), generator=g)})
@@ -48,8 +43,8 @@ def test_resume_after_sigkill(tmp_path):
     script = tmp_path / "run.py"; script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([sys.executable, str(script), str(full), "0"], check=True, env=env, timeout=300)
-    p = subprocess.Popen([sys.executable, str(script), str(killed), "0.02"], env=env)
+    subprocess.run([sys.executable, str(script), str(full), "0", HERE], check=True, env=env, timeout=300)
+    p = subprocess.Popen([sys.executable, str(script), str(killed), "0.02", HERE], env=env)
     ck = killed / "ckpt.pt"
     t0 = time.time()
     while time.time() - t0 < 120:  # wait for a mid-run checkpoint, then SIGKILL
@@ -63,7 +58,7 @@ def test_resume_after_sigkill(tmp_path):
     assert p.returncode == -signal.SIGKILL
     mid = torch.load(ck, weights_only=False)
     assert 9 <= mid["step"] < 40, mid["step"]  # killed mid-run, with a checkpoint on disk
-    subprocess.run([sys.executable, str(script), str(killed), "0"], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, str(script), str(killed), "0", HERE], check=True, env=env, timeout=300)
     a, b = (torch.load(d / "ckpt.pt", weights_only=False) for d in (full, killed))
     for k in ("model", "opt", "sched", "gen", "torch_rng", "phase", "step"):
         assert _tree_equal(a[k], b[k]), k

@@ -7,16 +7,7 @@ from dive_nb.data import Split
 from dive_nb.distributed import run_local_processes, setup_distributed, cleanup_distributed
 from dive_nb.methods import FineTuneModel, get_method
 from dive_nb.train import TrainConfig, train
-
-
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.visual = nn.Sequential(nn.Flatten(), nn.Linear(48, 8))
-        self.tok = nn.Embedding(20, 8)
-        self.logit_scale = nn.Parameter(torch.tensor(2.0))
-    def encode_image(self, x): return self.visual(x)
-    def encode_text(self, t): return self.tok(t).mean(1)
+from tiny import TinyCLIP
 
 
 def _setup():
@@ -25,7 +16,7 @@ def _setup():
     ids = Split(torch.randint(0, 256, (64, 3, 4, 4), generator=g, dtype=torch.uint8), {"y": torch.randint(0, 3, (64,), generator=g)})
     ref = Split(torch.randint(0, 256, (32, 3, 4, 4), generator=g, dtype=torch.uint8), {}, ["x"] * 32,
                 torch.randint(0, 20, (32, 5), generator=g))
-    model = FineTuneModel(_Tiny(), F.normalize(torch.randn(3, 8), dim=-1))
+    model = FineTuneModel(TinyCLIP(), F.normalize(torch.randn(3, 8), dim=-1))
     with torch.no_grad(): pre = (model.encode_image(ref.images.float() / 255), model.encode_text(ref.tokens))
     return model, ids, ref, pre, torch.randint(0, 20, (2, 3, 5), generator=g)
 
