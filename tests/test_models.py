@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from dive_nb import models as M
 
 VOCAB = [f"w{i}" for i in range(M.TINY_VOCAB_SIZE - 3)]
+CFG = M.TINY_MODELS["dive-tiny-vit"]["config"]
+D, WIDTH = CFG["embed_dim"], CFG["vision_cfg"]["width"]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def test_forward_shapes_norms_and_patch_tokens(tiny, batch):
     imgs, _, toks = batch
     x = M.prepare_images(imgs)
     out = model(x, toks)
-    assert out["image_features"].shape == (6, 64) and out["text_features"].shape == (6, 64)
+    assert out["image_features"].shape == (6, D) and out["text_features"].shape == (6, D)
     torch.testing.assert_close(out["image_features"].norm(dim=-1), torch.ones(6))
     torch.testing.assert_close(out["text_features"].norm(dim=-1), torch.ones(6))
     model.visual.output_tokens = True
@@ -74,7 +76,7 @@ def test_forward_shapes_norms_and_patch_tokens(tiny, batch):
         pooled, tokens = model.visual(x)
     finally:
         model.visual.output_tokens = False
-    assert tokens.shape == (6, 16, 96)
+    assert tokens.shape == (6, 16, WIDTH)
     torch.testing.assert_close(F.normalize(pooled, dim=-1), out["image_features"])
     torch.testing.assert_close(M.encode_images(model, imgs, batch_size=4), out["image_features"])
     torch.testing.assert_close(M.encode_texts(model, toks, batch_size=4), out["text_features"])
@@ -150,7 +152,7 @@ def test_teacher_cache_roundtrip_and_stale(tiny, batch, tmp_path):
     imgs, caps, _ = batch
     tasks = {"t": {"classnames": ["w1", "w2", "w3"], "templates": ["w0 {c}", "{c}"]}}
     cache = M.TeacherCache.build(model, tok, imgs, caps, tasks)
-    assert cache.image_emb.shape == (6, 64) and cache.class_emb["t"].shape == (3, 64)
+    assert cache.image_emb.shape == (6, D) and cache.class_emb["t"].shape == (3, D)
     path = cache.save(tmp_path / "teacher.pt")
     back = M.TeacherCache.load(path, model=model)
     assert torch.equal(back.image_emb, cache.image_emb) and torch.equal(back.text_emb, cache.text_emb)
