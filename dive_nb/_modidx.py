@@ -508,5 +508,6 @@ d = { 'settings': { 'branch': 'main',
                                'dive_nb.train._run_key': ('train.html#_run_key', 'dive_nb/train.py'),
                                'dive_nb.train._save_atomic': ('train.html#_save_atomic', 'dive_nb/train.py'),
                                'dive_nb.train.class_prompt_tokens': ('train.html#class_prompt_tokens', 'dive_nb/train.py'),
+                               'dive_nb.train.param_groups': ('train.html#param_groups', 'dive_nb/train.py'),
                                'dive_nb.train.train': ('train.html#train', 'dive_nb/train.py'),
                                'dive_nb.train.warmup_cosine': ('train.html#warmup_cosine', 'dive_nb/train.py')}}}
