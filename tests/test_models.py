@@ -63,6 +63,14 @@ def test_tiny_builds_offline_fast_and_registered():
     assert not model.training
 
 
+def test_register_custom_tiny_model():
+    M.register_tiny_model("dive-pytest-tiny", M.tiny_config(width=32, layers=1, context_length=10),
+                          {"channels": (8, 16, 32), "depth": 2})
+    model, _, tok = M.create_model("dive-pytest-tiny", vocab=VOCAB)
+    assert "dive-pytest-tiny" in open_clip.list_models() and tok.context_length == 10
+    assert model.visual.conv1(torch.zeros(2, 3, 32, 32)).shape == (2, 32, 4, 4)
+
+
 def test_forward_shapes_norms_and_patch_tokens(tiny, batch):
     model, _, _ = tiny
     imgs, _, toks = batch

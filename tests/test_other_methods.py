@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from tiny import register_c16
 import torch.nn.functional as F
 
 import dive_nb.other_methods as om  # registers the methods
@@ -53,7 +54,7 @@ def loop_with_prompts(prompts):
 @functools.lru_cache(maxsize=None)
 def _world():
     torch.manual_seed(0)
-    clip, _, tok = create_model("dive-tiny-vit")
+    clip, _, tok = create_model(register_c16())
     head = zeroshot_classifier(clip, tok, TASK.classnames, TASK.templates)
     prompts = class_prompt_tokens(tok, TASK.classnames, TASK.templates)
     g = torch.Generator().manual_seed(0)

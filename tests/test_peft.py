@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from tiny import register_c16, register_plain_c16
 import torch.nn.functional as F
 
 from dive_nb.methods import FineTuneModel
@@ -14,7 +15,7 @@ from dive_nb.peft import (MPSBranch, PromptLearner, ResidualAdapter, check_vit_c
                           install_mps, install_prompt_learner, mps_split, run_blocks, text_forward, vision_forward,
                           vision_head, vision_stem)
 
-TINY = ["dive-tiny-vit", "dive-tiny-vit-plain"]
+TINY = [register_c16(), register_plain_c16()]
 LONG = "a small red circle with stripes at the left side on a blue background"  # 14 words: fills the 16-token context
 
 
