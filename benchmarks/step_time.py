@@ -92,6 +92,7 @@ def main(argv=None) -> int:
         print(f"{r['method']:12s} {r['sec_per_step']:8.4f} {a.batch / r['sec_per_step']:8.0f} {r['peak_mb']:9.0f} "
               f"{r['mem_ratio']:5.2f}x {r['time_ratio']:5.2f}x")
     if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as fh: json.dump(rows, fh, indent=1)
     return 0
 
