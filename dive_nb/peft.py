@@ -252,6 +252,15 @@ def _device_dtype(model):
     p = model.head.weight
     return p.device, p.dtype
 
+def _attach(model, name, module, config, encode_image, encode_text):
+    "Store `module` as model.state[name] (part `name`) and route the model's encoders through it."
+    module.config = config
+    model.state[name] = module
+    model.extra_parts[name] = _Params(module)
+    model.encode_image = types.MethodType(encode_image, model)
+    model.encode_text = types.MethodType(encode_text, model)
+    return module
+
 # %% ../nbs/15_peft.ipynb #36b7c1b6
 def _prompted_encode_image(self, x):
     return F.normalize(self.state["prompts"].encode_image(self.clip, x), dim=-1)
@@ -273,12 +282,7 @@ def install_prompt_learner(
     if _installed(model, "prompts", config): return model.state["prompts"]
     device, dtype = _device_dtype(model)
     learner = PromptLearner(model.clip, n_text, int(n_vision), int(depth), init_text, tokenizer).to(device=device, dtype=dtype)
-    learner.config = config
-    model.state["prompts"] = learner
-    model.extra_parts["prompts"] = _Params(learner)
-    model.encode_image = types.MethodType(_prompted_encode_image, model)
-    model.encode_text = types.MethodType(_prompted_encode_text, model)
-    return learner
+    return _attach(model, "prompts", learner, config, _prompted_encode_image, _prompted_encode_text)
 
 # %% ../nbs/15_peft.ipynb #9d380f77
 def mps_split(
@@ -397,9 +401,4 @@ def install_adapters(
     device, dtype = _device_dtype(model)
     d = model.head.weight.shape[1]
     ad = nn.ModuleDict({"image": ResidualAdapter(d, hidden), "text": ResidualAdapter(d, hidden)}).to(device=device, dtype=dtype)
-    ad.config = config
-    model.state["adapters"] = ad
-    model.extra_parts["adapters"] = _Params(ad)
-    model.encode_image = types.MethodType(_adapted_encode_image, model)
-    model.encode_text = types.MethodType(_adapted_encode_text, model)
-    return ad
+    return _attach(model, "adapters", ad, config, _adapted_encode_image, _adapted_encode_text)
