@@ -18,7 +18,8 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
 
 # %% auto #0
 __all__ = ['load_params', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher', 'profile_paths',
-           'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'sweep_runs', 'run_sweep', 'main']
+           'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'finetune_many', 'sweep_runs', 'run_sweep',
+           'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -137,7 +138,7 @@ def stage_teacher(params: dict, world: str | Path, pretrained: str | Path, out: 
         t = TeacherCache(image_emb=encode(m0.encode_image, ref.images, prepare_images).half(),
                          text_emb=encode(m0.encode_text, _tokens(ref.tokens)).half(), class_emb=cls,
                          classnames={n: list(k.classnames) for n, k in tasks.items()}, fingerprint=model_fingerprint(clip),
-                         data_fingerprint=ref.fingerprint(), logit_scale=float(clip.logit_scale.exp()),
+                         data_fingerprint=ref.fingerprint(), logit_scale=float(clip.logit_scale.detach().exp()),
                          meta={"model_name": _model_name(params), "n_ref": len(ref)})
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     t.save(out / "teacher.pt")
@@ -288,6 +289,41 @@ def run(
     finetune(ctx, method, seed, run_dir, overrides)
     return evaluate_run(ctx, method, seed, run_dir, metrics_path, preds_path, overrides, wise)
 
+# %% ../nbs/23_experiment.ipynb #ede1ee15
+_WORKER = {}
+
+def _worker_init(params, world, pretrained, teacher):
+    torch.set_num_threads(1)
+    _WORKER.update(args=(params, world, pretrained, teacher), ctx={})
+
+def _worker_finetune(job):
+    method, seed, run_dir, overrides, ref_size = job
+    if ref_size not in _WORKER["ctx"]:  # one Context per reference-set size, built once per worker
+        _WORKER["ctx"] = {ref_size: Context(*_WORKER["args"], reference_size=ref_size)}
+    finetune(_WORKER["ctx"][ref_size], method, seed, run_dir, overrides)
+    return str(run_dir)
+
+def finetune_many(
+    params: dict, world, pretrained, teacher,
+    jobs: list,  # (method, seed, run_dir, overrides[, reference_size]) tuples
+    workers: int = 1,  # processes training side by side (each with one thread); 1 trains in this process
+    ctx: Context | None = None,  # reused when training in this process (jobs without a reference size)
+) -> list[str]:
+    "Train several runs, `workers` at a time in separate processes; returns their run folders."
+    jobs = [(j[0], int(j[1]), str(j[2]), dict(j[3] or {}), j[4] if len(j) > 4 else None) for j in jobs]
+    if workers <= 1 or len(jobs) <= 1:
+        ctxs = {None: ctx} if ctx is not None else {}
+        for m, s, d, o, r in jobs:
+            if r not in ctxs: ctxs[r] = Context(params, world, pretrained, teacher, reference_size=r)
+            finetune(ctxs[r], m, s, d, o)
+        return [j[2] for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(params, str(world), str(pretrained), str(teacher))) as ex:
+        return list(ex.map(_worker_finetune, jobs))
+
+
 # %% ../nbs/23_experiment.ipynb #e694107b
 def sweep_runs(params: dict, sweep: str) -> list[tuple[str, str, dict]]:
     "The (method, value label, overrides) of a sweep, from `params['sweeps']`."
@@ -311,6 +347,10 @@ def run_sweep(
     seed = int((params.get("sweeps") or {}).get("seed", 0))
     todo = sweep_runs(params, sweep)
     runs, metrics, preds = Path(runs) / sweep, Path(metrics) / sweep, Path(preds) / sweep
+    if sweep != "wise":  # train every point first, `workers` at a time (refsize points have their own reference set)
+        finetune_many(params, world, pretrained, teacher,
+                      [(m, seed, runs / f"{m}-{label}-{seed}", over, int(label) if sweep == "refsize" else None)
+                       for m, label, over in todo], workers=int(params.get("workers", 1)))
     ctx, out = None, []
     for m, label, over in todo:
         c = Context(params, world, pretrained, teacher, reference_size=int(label)) if sweep == "refsize" else \
@@ -355,9 +395,9 @@ def main(argv=None) -> int:
         from dive_nb.selection import select, write_methods
         chosen, rows = select(params, world, pre, teach, root / "select", a.methods)
         import pandas as pd
-        tab = Path("tables") / prof; tab.mkdir(parents=True, exist_ok=True)
-        df = pd.DataFrame(rows); df.to_csv(tab / "selection.csv", index=False)
-        (tab / "selection.md").write_text("**Table: hyperparameter selection on ID validation accuracy (seed "
+        tab = Path("tables") / "selection"; tab.mkdir(parents=True, exist_ok=True)
+        df = pd.DataFrame(rows); df.to_csv(tab / f"{prof}.csv", index=False)
+        (tab / f"{prof}.md").write_text("**Table: hyperparameter selection on ID validation accuracy (seed "
                                           f"{(params.get('select') or {}).get('seed', 0)}; rule in nbs/24_selection.ipynb)**\n\n"
                                           + df.to_markdown(index=False) + "\n\nChosen: " + json.dumps(chosen) + "\n")
         print(json.dumps(chosen, indent=1))

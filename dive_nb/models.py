@@ -641,7 +641,7 @@ class TeacherCache:
             text_emb=encode_texts(model, tokens, batch_size=batch_size).cpu(),
             class_emb=class_emb, classnames=classnames, fingerprint=model_fingerprint(model),
             data_fingerprint=_data_fingerprint(ref_images, ref_captions),
-            logit_scale=float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0,
+            logit_scale=float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0,
             meta={"model_name": getattr(model, "dive_nb_info", {}).get("name"), "n_ref": len(ref_images)},
         )
 

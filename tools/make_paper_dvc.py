@@ -26,7 +26,7 @@ def convert(st: dict, name: str) -> dict:
     st = yaml.safe_load(yaml.safe_dump(st))
     cmd = st["cmd"].replace("executed/mini", "executed/paper").replace("-p params_file params.yaml -p artifacts artifacts/mini", P)
     cmd = cmd.replace("-p params_file params.yaml", P)
-    cmd = cmd.replace("--json metrics/mini/cost.json", "--model ${model.name} --image-size 224 --device cuda --json metrics/paper/cost.json")
+    cmd = cmd.replace("--params params.yaml ", "").replace("--json metrics/mini/cost.json", "--model ${model.name} --image-size 224 --device cuda --json metrics/paper/cost.json")
     if name == "report":
         cmd += " -p tables tables/paper -p figures figures/paper -p readme False"
     out = {"cmd": cmd, "wdir": ".."}
