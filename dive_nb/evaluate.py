@@ -22,11 +22,17 @@ def encode(
     x: torch.Tensor,  # inputs (uint8 images or tokens)
     prepare=None,  # applied to each chunk of `x` first (image preprocessing)
     batch_size: int = 512,
+    device=None,  # where the chunks go (default: the device of the module `fn` is bound to, if any)
 ) -> torch.Tensor:  # (n, d) float32 features on CPU
-    "Batched, gradient-free encoding."
+    "Batched, gradient-free encoding (each chunk moved to the model's device, the result gathered on CPU)."
+    if device is None:
+        owner = getattr(fn, "__self__", None)
+        p = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
+        device = p.device if p is not None else None
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
+        if device is not None: xb = xb.to(device)
         if prepare is not None: xb = prepare(xb)
         out.append(fn(xb).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)

@@ -18,8 +18,8 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
 
 # %% auto #0
 __all__ = ['load_params', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher', 'profile_paths',
-           'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'finetune_many', 'sweep_runs', 'run_sweep',
-           'main']
+           'resolve_device', 'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'finetune_many', 'sweep_runs',
+           'run_sweep', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -126,7 +126,7 @@ def stage_pretrain(params: dict, world: str | Path, out: str | Path) -> Path:
 
 def stage_teacher(params: dict, world: str | Path, pretrained: str | Path, out: str | Path) -> Path:
     "Cache the frozen pre-trained model's embeddings of the reference pairs, class prompts and probe set."
-    clip, _, tok = create_model(_model_name(params), pretrained=str(pretrained))
+    clip, _, tok = create_model(_model_name(params), pretrained=str(pretrained), device=resolve_device(params.get("device", "cpu")))
     suite = load_suite(params, world, tok, image_size=_image_size(clip))
     tasks = {suite.id_task.name: suite.id_task, **suite.zs_tasks}
     ref = suite.reference
@@ -163,10 +163,23 @@ def profile_paths(
             "preds": a / "preds"}
 
 # %% ../nbs/23_experiment.ipynb #f129c551
+def resolve_device(
+    name: str | None = "cpu",  # 'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when available)
+) -> torch.device:
+    "The device of a profile's runs (`device:` in the parameter file), with a clear error when CUDA is missing."
+    name = "cpu" if name is None else str(name)
+    if name == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {name} was requested but torch sees no CUDA GPU (torch {torch.__version__}); "
+                           f"use device: auto or cpu, or run on a GPU machine")
+    return dev
+
 class Context:
     "What every run of a profile shares: the suite, the pretrained model's path, the teacher cache."
     def __init__(self, params: dict, world, pretrained, teacher_dir, reference_size: int | None = None):
         self.params, self.pretrained, self.teacher_dir = params, str(pretrained), Path(teacher_dir)
+        self.device = resolve_device(params.get("device", "cpu"))
         clip, _, self.tok = create_model(_model_name(params), pretrained=self.pretrained)
         self.suite = load_suite(params, world, self.tok, reference_size, image_size=_image_size(clip))
         self.teacher = TeacherCache.load(self.teacher_dir / "teacher.pt", model=clip)
@@ -180,7 +193,7 @@ class Context:
     def model(self) -> FineTuneModel:
         "A fresh copy of the pre-trained model with the zero-shot ID head."
         clip, _, _ = create_model(_model_name(self.params), pretrained=self.pretrained)
-        return FineTuneModel(clip, self.teacher.class_emb[self.suite.id_task.name].clone())
+        return FineTuneModel(clip, self.teacher.class_emb[self.suite.id_task.name].clone()).to(self.device)
 
 def _record(ctx: Context, method, seed, cfg, model, classifier, extra=None) -> tuple[dict, dict]:
     m, per = evaluate(model, ctx.suite, ctx.tok, prepare_images, classifier=classifier, pre_probe=ctx.pre_probe)
