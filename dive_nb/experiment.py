@@ -87,7 +87,8 @@ def load_suite(
     from dive_nb.paper_data import paper_suite, sets_from_params
     data = params.get("data") or {}
     suite = paper_suite(world, image_size, tokenizer, sets_from_params(data), val_size=data.get("id_val_fraction", 10_000))
-    if reference_size is not None: suite.reference = suite.reference.head(reference_size)
+    if reference_size is None: reference_size = data.get("reference_size")  # e.g. a budgeted run on part of CC3M
+    if reference_size is not None: suite.reference = suite.reference.head(int(reference_size))
     return suite
 
 def _image_size(clip) -> int:
@@ -420,13 +421,24 @@ def main(argv=None) -> int:
         methods = a.methods or list(params.get("methods") or {})
         unknown = [m for m in methods if m not in METHODS]
         if unknown: raise SystemExit(f"error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}")
+        from dive_nb.distributed import setup_distributed, cleanup_distributed
+        info = setup_distributed()  # under torchrun: one process per GPU, global-batch losses; otherwise one process
         ctx = Context(params, world, pre, teach)
         # base runs (ft for wiseft) first
         methods = sorted(methods, key=lambda m: METHODS[m].base is not None)
         for seed in (a.seeds if a.seeds is not None else params.get("seeds", [0])):
             for m in methods:
                 t0 = time.time()
-                r = run(ctx, m, seed, root / "runs" / f"{m}-{seed}", met / f"{m}-{seed}.json")
+                run_dir = root / "runs" / f"{m}-{seed}"
+                finetune(ctx, m, seed, run_dir)  # every process trains its shard; rank 0 writes the weights
+                if info.world_size > 1: torch.distributed.barrier()
+                if info.rank != 0: continue  # rank 0 evaluates and writes the record
+                r = evaluate_run(ctx, m, seed, run_dir, met / f"{m}-{seed}.json")
                 print(f"{m:12s} seed {seed}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f} "
                       f"RSA {r['geometry']['rsa']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+        if info.world_size > 1: torch.distributed.barrier()
+        cleanup_distributed()
     return 0
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m dive_nb.experiment run --params ...
+    sys.exit(main())

@@ -13,13 +13,14 @@ import torch
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'PAPER_LABEL', 'TABLES', 'FIGURES', 'PAPER_TABLES',
-           'paper_value', 'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate',
-           'summarise', 'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation',
-           'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
-           'table_significance', 'table_unified', 'save_figure', 'figure_geometry_rsa', 'figure_wise_curves',
-           'figure_lam_sweep', 'figure_unified', 'figure_world', 'figure_diffvec_pca', 'figure_embedding_geometry',
-           'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot', 'table_csaligner',
-           'figure_mps_fewshot', 'figure_csaligner_gap', 'build_report']
+           'CORE_METHODS', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep',
+           'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot',
+           'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize', 'table_wise',
+           'table_lam', 'table_cost', 'table_significance', 'table_unified', 'save_figure', 'figure_geometry_rsa',
+           'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world', 'figure_diffvec_pca',
+           'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot',
+           'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'stage_durations', 'table_timing',
+           'build_report']
 
 # %% ../nbs/30_report.ipynb #7d5749de
 PAPER_SOURCE = ("Suzuki et al., DiVE: Difference Vector Equalization, AAAI 2026, arXiv 2511.09973 "
@@ -995,10 +996,52 @@ def figure_csaligner_gap(ctx: _Context, n_lines: int = 30):
         axes[0].set_ylabel("PC 2 (pre-trained)"); axes[0].legend(fontsize=7)
     return fig
 
-PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner")
+PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing")
 TABLES.update({"m2mix_retrieval": table_m2mix, "mps_fewshot": table_mps_fewshot, "mps_ablation": table_mps_ablation,
                "promptot_base2novel": table_promptot, "csaligner": table_csaligner})
 FIGURES.update({"mps_fewshot": figure_mps_fewshot, "csaligner_gap": figure_csaligner_gap})
+
+
+# %% ../nbs/30_report.ipynb #55059838
+CORE_METHODS = ("lp", "ft", "lpft", "flyp", "flyp_replay", "snd", "dive", "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos",
+                "zeroshot", "wiseft")
+
+def stage_durations(
+    executed_dir: str | Path,  # executed/<profile>: the executed stage notebooks
+) -> pd.DataFrame:  # stage, group, seconds, end (ISO time)
+    "Duration of every executed stage notebook, from papermill's metadata, with the stage's group."
+    rows = []
+    for f in sorted(Path(executed_dir).glob("*.ipynb")):
+        meta = json.loads(f.read_text()).get("metadata", {}).get("papermill", {})
+        if meta.get("duration") is None: continue
+        stem = re.sub(r"^\d+_", "", f.stem)
+        kind, _, item = stem.partition("-")
+        if kind in ("world", "pretrain", "teacher"): group = "core"
+        elif kind in ("finetune", "evaluate"): group = "core" if item in CORE_METHODS else "other papers' methods"
+        elif kind == "sweep": group = "sweeps"
+        elif kind == "papers": group = "paper experiments"
+        else: group = kind
+        rows.append({"stage": f"{kind}@{item}" if item else kind, "group": group, "seconds": float(meta["duration"]),
+                     "end": meta.get("end_time")})
+    return pd.DataFrame(rows, columns=["stage", "group", "seconds", "end"])
+
+def table_timing(ctx: _Context) -> Table:
+    "Seconds per group of stages (from the executed notebooks) and the totals."
+    ex = ctx.metrics_dir.parent.parent / "executed" / ctx.metrics_dir.name
+    D = stage_durations(ex)
+    if not len(D): raise _Skip(f"no executed stage notebooks in {ex}")
+    order = ["core", "other papers' methods", "sweeps", "paper experiments", "report"]
+    g = D.groupby("group").agg(stages=("stage", "count"), seconds=("seconds", "sum"))
+    g = g.loc[[o for o in order if o in g.index] + [o for o in g.index if o not in order]]
+    num = g.reset_index()
+    tot = pd.DataFrame([{"group": "total", "stages": int(num["stages"].sum()), "seconds": float(num["seconds"].sum())}])
+    num = pd.concat([num, tot], ignore_index=True)
+    num["minutes"] = num["seconds"] / 60
+    md = pd.DataFrame({"group": num["group"], "stages": num["stages"], "minutes": [f"{v:.1f}" for v in num["minutes"]]})
+    return Table("timing", f"Time of the pipeline's stages on this machine (sum of papermill durations of the executed "
+                 f"notebooks in {ex}; each stage's latest run; the cost benchmark not included).", md, num)
+
+TABLES["timing"] = table_timing
 
 
 # %% ../nbs/30_report.ipynb #fd489905

@@ -132,3 +132,25 @@ def test_grad_checkpointing_engages(tiny, monkeypatch):
     model.encode_image(x); model.encode_text(t)
     n_blocks = len(model.clip.visual.transformer.resblocks) + len(model.clip.transformer.resblocks)
     assert len(calls) == n_blocks
+
+
+def _cli(argv):
+    from dive_nb.experiment import main
+    main(argv)
+
+
+def test_cli_run_under_two_processes(tiny, tmp_path):
+    "`dive-nb run` under torchrun's environment: both processes train, rank 0 writes one record; same weights as one process."
+    from dive_nb.distributed import run_local_processes
+    params, world, pre, teacher, d = tiny
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({**params, "finetune": {**params["finetune"], "steps": 3}}))
+    args = lambda root: ["run", "--params", str(p), "--root", str(tmp_path / root), "--metrics", str(tmp_path / root / "m"),
+                         "--methods", "flyp", "--seeds", "0", "--world", str(world), "--pretrained", str(pre),
+                         "--teacher", str(teacher)]
+    run_local_processes(_cli, 2, (args("two"),))
+    _cli(args("one"))
+    rec = tmp_path / "two" / "m" / "mini" / "flyp-0.json"
+    assert rec.exists() and __import__("json").loads(rec.read_text())["method"] == "flyp"
+    a, b = _weights(tmp_path / "two" / "mini" / "runs" / "flyp-0"), _weights(tmp_path / "one" / "mini" / "runs" / "flyp-0")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
