@@ -185,7 +185,8 @@ def train(
         if resumed is not None and pi == start_phase and start_step > 0:  # (a phase that starts afresh has a fresh optimizer)
             opt.load_state_dict(resumed["opt"]); sched.load_state_dict(resumed["sched"]); s0 = start_step
         weights = method.weights(phase)
-        groups = [[t for t in weights if TERMS[t].batch == g] for g in ("id", "ref")]
+        groups = [[t for t in weights if TERMS[t].batch in g] for g in (("id", "both"), ("ref",))]
+        need_ref = any(TERMS[t].batch in ("ref", "both") for t in weights)
         model.train()
         for step in range(s0, T):
             t0 = time.perf_counter()
@@ -195,7 +196,7 @@ def train(
                 tpl = torch.randint(n_tpl, (cfg.batch_size,), generator=gen)
                 y = id_train.labels[label][idx]
                 batch["id"] = (idx, tpl, y)
-            if groups[1]:
+            if need_ref:
                 r = torch.randint(len(reference), (cfg.ref_batch_size,), generator=gen)
                 batch["ref"] = (r,)
             opt.zero_grad(set_to_none=True)
