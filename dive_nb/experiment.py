@@ -17,9 +17,9 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
                             count_parameters, zeroshot_classifier, model_fingerprint)
 
 # %% auto #0
-__all__ = ['load_params', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher', 'profile_paths',
-           'resolve_device', 'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'finetune_many', 'sweep_runs',
-           'run_sweep', 'main']
+__all__ = ['load_params', 'apply_variant', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher',
+           'profile_paths', 'resolve_device', 'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run',
+           'finetune_many', 'sweep_runs', 'run_sweep', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -28,7 +28,26 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"parameter file {p} not found (the mini profile's is params.yaml at the repository root)")
-    return yaml.safe_load(p.read_text()) or {}
+    return apply_variant(yaml.safe_load(p.read_text()) or {})
+
+def apply_variant(
+    params: dict,  # a parameter file's contents
+) -> dict:  # a copy with `variants[variant]` applied (dotted keys), or `params` itself when no variant is chosen
+    "Apply the chosen variant's overrides, e.g. `variant: iwildcam` with `variants: {iwildcam: {data.id: [...]}}`."
+    import copy
+    name = params.get("variant")
+    if name in (None, "none", ""): return params
+    table = params.get("variants") or {}
+    if name not in table: raise ValueError(f"unknown variant {name!r}; the parameter file declares {sorted(table) or 'none'}")
+    out = copy.deepcopy(params)
+    for key, value in (table[name] or {}).items():
+        *path, last = key.split(".")
+        d = out
+        for k in path:
+            if not isinstance(d.get(k), dict): raise ValueError(f"variant {name!r}: {key!r} does not name a setting (no section {k!r})")
+            d = d[k]
+        d[last] = copy.deepcopy(value)
+    return out
 
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
@@ -440,5 +459,7 @@ def main(argv=None) -> int:
         cleanup_distributed()
     return 0
 
+# %% ../nbs/23_experiment.ipynb #0b6497f9
+#| eval: false
 if __name__ == "__main__":  # torchrun --nproc-per-node N -m dive_nb.experiment run --params ...
     sys.exit(main())
