@@ -103,7 +103,10 @@ def main(argv=None) -> int:
     if a.one:
         print(json.dumps(_one(a)))
         return 0
-    if a.device == "cpu" and (a.image_size > 64 or not (a.params or a.model.startswith("dive-tiny"))):
+    if a.params and not a.one:  # the parameter file's model (its variant applied; registers a tiny config)
+        from dive_nb.experiment import load_params, _model_name
+        a.model = _model_name(load_params(a.params))
+    if a.device == "cpu" and (a.image_size > 64 or not a.model.startswith("dive-tiny")):
         print(f"error: {a.model} at {a.image_size}px is a GPU benchmark; on a CPU measure the tiny model "
               f"(omit --model/--image-size) or pass --device cuda on a GPU machine", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ from .methods import FineTuneModel
 from .train import class_prompt_tokens
 
 # %% auto #0
-__all__ = ['encode', 'text_head', 'accuracy', 'recall_at_k', 'geometry_metrics', 'evaluate', 'git_revision', 'provenance']
+__all__ = ['encode', 'text_head', 'accuracy', 'macro_f1', 'worst_group_accuracy', 'recall_at_k', 'geometry_metrics', 'evaluate',
+           'git_revision', 'provenance']
 
 # %% ../nbs/22_evaluate.ipynb #b33d005c
 @torch.no_grad()
@@ -22,11 +23,17 @@ def encode(
     x: torch.Tensor,  # inputs (uint8 images or tokens)
     prepare=None,  # applied to each chunk of `x` first (image preprocessing)
     batch_size: int = 512,
+    device=None,  # where the chunks go (default: the device of the module `fn` is bound to, if any)
 ) -> torch.Tensor:  # (n, d) float32 features on CPU
-    "Batched, gradient-free encoding."
+    "Batched, gradient-free encoding (each chunk moved to the model's device, the result gathered on CPU)."
+    if device is None:
+        owner = getattr(fn, "__self__", None)
+        p = next(owner.parameters(), None) if isinstance(owner, torch.nn.Module) else None
+        device = p.device if p is not None else None
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
+        if device is not None: xb = xb.to(device)
         if prepare is not None: xb = prepare(xb)
         out.append(fn(xb).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
@@ -55,6 +62,30 @@ def accuracy(
         logits = torch.stack([logits[:, g].max(1).values for g in groups], 1)
     correct = logits.argmax(1) == labels
     return 100.0 * correct.float().mean().item(), correct
+
+def macro_f1(
+    pred: torch.Tensor,  # (n,) predicted classes
+    labels: torch.Tensor,  # (n,) true classes
+) -> float:  # percent
+    "Macro-averaged F1 over the classes present in `labels` (WILDS' iWildCam metric: sklearn's f1_score with labels=unique(y))."
+    pred, labels = torch.as_tensor(pred).long(), torch.as_tensor(labels).long()
+    if pred.shape != labels.shape or labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"pred and labels must be equal-length non-empty 1-D tensors, got {tuple(pred.shape)} and {tuple(labels.shape)}")
+    cls = torch.unique(labels)
+    tp = torch.stack([((pred == c) & (labels == c)).sum() for c in cls]).double()
+    fp = torch.stack([((pred == c) & (labels != c)).sum() for c in cls]).double()
+    fn = torch.stack([((pred != c) & (labels == c)).sum() for c in cls]).double()
+    return 100.0 * float((2 * tp / (2 * tp + fp + fn)).mean())  # 2tp + fp + fn > 0 for a present class
+
+def worst_group_accuracy(
+    correct: torch.Tensor,  # (n,) bool, per example
+    groups: torch.Tensor,  # (n,) group ids; negative ids (e.g. FMoW's "Other" region) are left out
+) -> float:  # percent
+    "The lowest per-group accuracy (FMoW's worst-region accuracy)."
+    correct, groups = torch.as_tensor(correct).bool(), torch.as_tensor(groups).long()
+    gs = [g for g in torch.unique(groups).tolist() if g >= 0]
+    if not gs: raise ValueError("no group with a non-negative id")
+    return 100.0 * min(float(correct[groups == g].float().mean()) for g in gs)
 
 def recall_at_k(
     img: torch.Tensor,  # (n, d) normalised image features; img[i] pairs with txt[i]
@@ -101,12 +132,20 @@ def evaluate(
     fi = lambda s: encode(model.encode_image, s.images, prepare, batch_size)
     id_head = (model.head.weight.detach().float().cpu() if classifier == "head"
                else text_head(model, class_prompt_tokens(tokenizer, t.classnames, t.templates)))
-    m, per = {}, {}
-    m["id_acc"], per["id_test"] = accuracy(fi(suite.id_test), id_head, suite.id_test.labels[t.attribute])
+    m, per, extra = {}, {}, {}
+    def _extra(key, s, f, correct):  # the paper's metric of a split where it is not top-1 accuracy (WILDS)
+        metric = getattr(s, "metric", "acc1")
+        if metric == "macro_f1": extra[f"{key}.macro_f1"] = macro_f1((f @ id_head.T).argmax(1), s.labels[t.attribute])
+        elif metric == "worst_group_acc": extra[f"{key}.worst_group_acc"] = worst_group_accuracy(correct, s.labels["group"])
+    f = fi(suite.id_test)
+    m["id_acc"], per["id_test"] = accuracy(f, id_head, suite.id_test.labels[t.attribute])
+    _extra("id_test", suite.id_test, f, per["id_test"])
     if with_val: m["id_val_acc"], _ = accuracy(fi(suite.id_val), id_head, suite.id_val.labels[t.attribute])
     m["ood_acc"] = {}
     for name, s in suite.ood.items():
-        m["ood_acc"][name], per[f"ood_{name}"] = accuracy(fi(s), id_head, s.labels[t.attribute], getattr(s, "class_groups", None))
+        f = fi(s)
+        m["ood_acc"][name], per[f"ood_{name}"] = accuracy(f, id_head, s.labels[t.attribute], getattr(s, "class_groups", None))
+        _extra(f"ood.{name}", s, f, per[f"ood_{name}"])
     m["ood_acc"]["avg"] = sum(m["ood_acc"].values()) / max(1, len(suite.ood))
     # zero-shot tasks: one shared split with a label column per task (mini), or one split per task (paper)
     shared = None if isinstance(suite.zs, dict) else fi(suite.zs)
@@ -121,6 +160,7 @@ def evaluate(
     probe = (fi(suite.probe), encode(model.encode_text, suite.probe.tokens, None, batch_size))
     m["geometry"] = geometry_metrics(probe, pre_probe if pre_probe is not None else probe)
     per["probe_img"], per["probe_txt"] = probe  # for figures (difference vectors, embedding geometry)
+    if extra: m["paper_metrics"] = extra  # e.g. {'id_test.macro_f1': ..., 'ood.iwildcam.macro_f1': ...}
     return m, per
 
 # %% ../nbs/22_evaluate.ipynb #20a2fe0b

@@ -17,9 +17,9 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
                             count_parameters, zeroshot_classifier, model_fingerprint)
 
 # %% auto #0
-__all__ = ['load_params', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher', 'profile_paths',
-           'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'finetune_many', 'sweep_runs', 'run_sweep',
-           'main']
+__all__ = ['load_params', 'apply_variant', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher',
+           'profile_paths', 'resolve_device', 'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run',
+           'finetune_many', 'sweep_runs', 'run_sweep', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -28,7 +28,26 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"parameter file {p} not found (the mini profile's is params.yaml at the repository root)")
-    return yaml.safe_load(p.read_text()) or {}
+    return apply_variant(yaml.safe_load(p.read_text()) or {})
+
+def apply_variant(
+    params: dict,  # a parameter file's contents
+) -> dict:  # a copy with `variants[variant]` applied (dotted keys), or `params` itself when no variant is chosen
+    "Apply the chosen variant's overrides, e.g. `variant: iwildcam` with `variants: {iwildcam: {data.id: [...]}}`."
+    import copy
+    name = params.get("variant")
+    if name in (None, "none", ""): return params
+    table = params.get("variants") or {}
+    if name not in table: raise ValueError(f"unknown variant {name!r}; the parameter file declares {sorted(table) or 'none'}")
+    out = copy.deepcopy(params)
+    for key, value in (table[name] or {}).items():
+        *path, last = key.split(".")
+        d = out
+        for k in path:
+            if not isinstance(d.get(k), dict): raise ValueError(f"variant {name!r}: {key!r} does not name a setting (no section {k!r})")
+            d = d[k]
+        d[last] = copy.deepcopy(value)
+    return out
 
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
@@ -87,7 +106,8 @@ def load_suite(
     from dive_nb.paper_data import paper_suite, sets_from_params
     data = params.get("data") or {}
     suite = paper_suite(world, image_size, tokenizer, sets_from_params(data), val_size=data.get("id_val_fraction", 10_000))
-    if reference_size is not None: suite.reference = suite.reference.head(reference_size)
+    if reference_size is None: reference_size = data.get("reference_size")  # e.g. a budgeted run on part of CC3M
+    if reference_size is not None: suite.reference = suite.reference.head(int(reference_size))
     return suite
 
 def _image_size(clip) -> int:
@@ -126,7 +146,7 @@ def stage_pretrain(params: dict, world: str | Path, out: str | Path) -> Path:
 
 def stage_teacher(params: dict, world: str | Path, pretrained: str | Path, out: str | Path) -> Path:
     "Cache the frozen pre-trained model's embeddings of the reference pairs, class prompts and probe set."
-    clip, _, tok = create_model(_model_name(params), pretrained=str(pretrained))
+    clip, _, tok = create_model(_model_name(params), pretrained=str(pretrained), device=resolve_device(params.get("device", "cpu")))
     suite = load_suite(params, world, tok, image_size=_image_size(clip))
     tasks = {suite.id_task.name: suite.id_task, **suite.zs_tasks}
     ref = suite.reference
@@ -163,10 +183,23 @@ def profile_paths(
             "preds": a / "preds"}
 
 # %% ../nbs/23_experiment.ipynb #f129c551
+def resolve_device(
+    name: str | None = "cpu",  # 'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when available)
+) -> torch.device:
+    "The device of a profile's runs (`device:` in the parameter file), with a clear error when CUDA is missing."
+    name = "cpu" if name is None else str(name)
+    if name == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {name} was requested but torch sees no CUDA GPU (torch {torch.__version__}); "
+                           f"use device: auto or cpu, or run on a GPU machine")
+    return dev
+
 class Context:
     "What every run of a profile shares: the suite, the pretrained model's path, the teacher cache."
     def __init__(self, params: dict, world, pretrained, teacher_dir, reference_size: int | None = None):
         self.params, self.pretrained, self.teacher_dir = params, str(pretrained), Path(teacher_dir)
+        self.device = resolve_device(params.get("device", "cpu"))
         clip, _, self.tok = create_model(_model_name(params), pretrained=self.pretrained)
         self.suite = load_suite(params, world, self.tok, reference_size, image_size=_image_size(clip))
         self.teacher = TeacherCache.load(self.teacher_dir / "teacher.pt", model=clip)
@@ -180,7 +213,7 @@ class Context:
     def model(self) -> FineTuneModel:
         "A fresh copy of the pre-trained model with the zero-shot ID head."
         clip, _, _ = create_model(_model_name(self.params), pretrained=self.pretrained)
-        return FineTuneModel(clip, self.teacher.class_emb[self.suite.id_task.name].clone())
+        return FineTuneModel(clip, self.teacher.class_emb[self.suite.id_task.name].clone()).to(self.device)
 
 def _record(ctx: Context, method, seed, cfg, model, classifier, extra=None) -> tuple[dict, dict]:
     m, per = evaluate(model, ctx.suite, ctx.tok, prepare_images, classifier=classifier, pre_probe=ctx.pre_probe)
@@ -407,13 +440,26 @@ def main(argv=None) -> int:
         methods = a.methods or list(params.get("methods") or {})
         unknown = [m for m in methods if m not in METHODS]
         if unknown: raise SystemExit(f"error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}")
+        from dive_nb.distributed import setup_distributed, cleanup_distributed
+        info = setup_distributed()  # under torchrun: one process per GPU, global-batch losses; otherwise one process
         ctx = Context(params, world, pre, teach)
         # base runs (ft for wiseft) first
         methods = sorted(methods, key=lambda m: METHODS[m].base is not None)
         for seed in (a.seeds if a.seeds is not None else params.get("seeds", [0])):
             for m in methods:
                 t0 = time.time()
-                r = run(ctx, m, seed, root / "runs" / f"{m}-{seed}", met / f"{m}-{seed}.json")
+                run_dir = root / "runs" / f"{m}-{seed}"
+                finetune(ctx, m, seed, run_dir)  # every process trains its shard; rank 0 writes the weights
+                if info.world_size > 1: torch.distributed.barrier()
+                if info.rank != 0: continue  # rank 0 evaluates and writes the record
+                r = evaluate_run(ctx, m, seed, run_dir, met / f"{m}-{seed}.json")
                 print(f"{m:12s} seed {seed}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f} "
                       f"RSA {r['geometry']['rsa']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+        if info.world_size > 1: torch.distributed.barrier()
+        cleanup_distributed()
     return 0
+
+# %% ../nbs/23_experiment.ipynb #0b6497f9
+#| eval: false
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m dive_nb.experiment run --params ...
+    sys.exit(main())

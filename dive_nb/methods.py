@@ -114,7 +114,7 @@ class StepContext:
 class Term:
     "A loss term: `fn(ctx) -> scalar`, reading the `id` or the `ref` batch."
     fn: Callable[[StepContext], torch.Tensor]
-    batch: str  # 'id' or 'ref'
+    batch: str  # 'id', 'ref', or 'both' (reads both batches; back-propagated with the ID terms, so it may reuse their features)
     doc: str = ""
     needs_pre: bool = False  # reads the frozen model's cached reference embeddings
 
@@ -162,7 +162,7 @@ class Method:
     @property
     def needs_reference(self) -> bool:
         "Whether some term reads the reference (image-caption pairs) batch."
-        return any(TERMS[t].batch == "ref" for p in self.phases for t in p.terms)
+        return any(TERMS[t].batch in ("ref", "both") for p in self.phases for t in p.terms)
 
     @property
     def needs_pre(self) -> bool:

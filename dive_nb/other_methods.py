@@ -233,6 +233,18 @@ def _csa_cs(ctx: StepContext) -> torch.Tensor:
 TERMS["csa_nce"] = Term(_csa_nce, "id", "CS-Aligner's InfoNCE on ID images and class-prompt captions (adapted embeddings)")
 TERMS["csa_cs"] = Term(_csa_cs, "ref", "CS-Aligner's CS divergence: paired ID + unpaired reference captions (and images)")
 
+
+def _csa_cs_ft(ctx: StepContext) -> torch.Tensor:
+    "CS divergence of the fine-tuned encoders' ID images vs ID class-prompt captions + unpaired reference captions (and images)."
+    imgs, txts = [ctx.id_img], [ctx.id_txt]  # the ID features FLYP's term computed in this step (same graph)
+    if _hp(ctx, "ref_text", True): txts.append(ctx.ref_txt)
+    if _hp(ctx, "ref_images", False): imgs.append(ctx.ref_img)
+    sigma = _hp(ctx, "sigma", None)
+    return cs_divergence(torch.cat(imgs), torch.cat(txts), None if sigma is None else float(sigma))
+
+
+TERMS["csa_cs_ft"] = Term(_csa_cs_ft, "both", "CS-Aligner's CS divergence on the fine-tuned encoders' ID batch + unpaired reference captions")
+
 # %% ../nbs/25_other_methods.ipynb #eebd8b9b
 _M2MIX_HP = {"w": 0.01, "inv_tau": 100.0, "tau2": 0.07, "beta": 0.5, "schedule": True, "epochs": 9}
 _MPS_HP = {"alpha": 0.3, "lam1": 0.5, "lam2": 0.1, "gram_global": 1.0, "gram_local": 1.0, "gram_p": 1,
@@ -271,7 +283,11 @@ _replace(Method("promptot", "Prompt-OT: deep vision-language prompts (IVLP), CE 
                 setup=_setup_promptot, precompute=prompt_precompute))
 _replace(Method("coop", "CoOp: learned text context (from 'a photo of a'), CE only",
                 (Phase(("prompts",), {"prompt_ce": 1.0}),), hparams=dict(_COOP_HP), setup=_setup_coop))
-_replace(Method("csaligner", "CS-Aligner: residual adapters on frozen encoders, InfoNCE + lam * CS divergence (+ unpaired reference captions)",
+_replace(Method("csaligner", "CS-Aligner under the DiVE protocol: both encoders fine-tuned FLYP-style + lam * CS divergence "
+                "(ID images vs ID class-prompt captions + unpaired reference captions)",
+                (Phase(("visual", "text"), {"flyp": 1.0, "csa_cs_ft": "lam"}),), hparams={k: v for k, v in _CSA_HP.items() if k != "hidden"}))
+_replace(Method("csaligner_adapters", "CS-Aligner's lightweight setting: residual adapters on frozen encoders, InfoNCE + lam * CS "
+                "divergence (+ unpaired reference captions)",
                 (Phase(("adapters",), {"csa_nce": 1.0, "csa_cs": "lam"}),), hparams=dict(_CSA_HP), setup=_setup_csa))
 
 # %% ../nbs/25_other_methods.ipynb #76147b93

@@ -12,12 +12,14 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'PAPER_LABEL', 'TABLES', 'FIGURES', 'paper_value',
-           'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise',
-           'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation',
-           'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
-           'table_significance', 'table_unified', 'save_figure', 'figure_geometry_rsa', 'figure_wise_curves',
-           'figure_lam_sweep', 'figure_unified', 'figure_world', 'figure_diffvec_pca', 'figure_embedding_geometry',
+__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'PAPER_LABEL', 'TABLES', 'FIGURES', 'PAPER_TABLES',
+           'CORE_METHODS', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep',
+           'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot',
+           'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize', 'table_wise',
+           'table_lam', 'table_cost', 'table_significance', 'table_unified', 'save_figure', 'figure_geometry_rsa',
+           'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world', 'figure_diffvec_pca',
+           'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot',
+           'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'stage_durations', 'table_timing',
            'build_report']
 
 # %% ../nbs/30_report.ipynb #7d5749de
@@ -871,6 +873,176 @@ def figure_embedding_geometry(ctx: _Context, n_lines: int = 30):
 FIGURES = {"geometry_rsa": figure_geometry_rsa, "wise_curves": figure_wise_curves, "lam_sweep": figure_lam_sweep,
            "unified_id_vs_zs": figure_unified, "world": figure_world, "diffvec_pca": figure_diffvec_pca,
            "embedding_geometry": figure_embedding_geometry}
+
+# %% ../nbs/30_report.ipynb #14bdab68
+def _papers(ctx: _Context, exp: str) -> pd.DataFrame:
+    "The rows of one paper experiment, or _Skip when it has not run."
+    p = ctx.metrics_dir / "papers" / f"{exp}.json"
+    if not p.exists(): raise _Skip(f"no {p}")
+    rows = json.loads(p.read_text())["rows"]
+    if not rows: raise _Skip(f"{p} has no rows")
+    return pd.DataFrame(rows)
+
+def _cols(df: pd.DataFrame, spec: dict, digits: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Formatted and numeric frames of the columns in spec (record key -> label) that the rows have."
+    keep = {k: v for k, v in spec.items() if k in df.columns}
+    num = df[list(keep)].copy()
+    md = num.copy()
+    for k in keep:
+        if pd.api.types.is_float_dtype(num[k]):
+            d = (digits or {}).get(k, 3 if k.startswith("geometry.") else 1)
+            md[k] = [_fmt(v, d) for v in num[k]]
+    md.columns = list(keep.values())
+    return md, num
+
+def table_m2mix(ctx: _Context) -> Table:
+    "m²-mix's setting: fine-tuning on image-caption pairs, retrieval, alignment / uniformity, calibration."
+    D = _papers(ctx, "m2mix")
+    md, num = _cols(D, {"method": "method", "i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10",
+                        "t2i_r1": "t2i R@1", "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10", "geometry.alignment": "alignment",
+                        "geometry.uniformity": "uniformity", "ece": "ECE (%)", "zs_avg": "ZS avg"})
+    return Table("m2mix_retrieval", f"m²-mix's setting: fine-tuning both encoders on the reference pairs with the "
+                 f"CLIP loss (clip_pairs) or CLIP + m²-mix (m2mix_pairs); retrieval (%), alignment (lower = closer "
+                 f"pairs), uniformity (lower = more uniform), ECE of the zero-shot ID head; seed {int(D['seed'][0])}.", md, num)
+
+def table_mps_fewshot(ctx: _Context) -> Table:
+    "MPS-Tuning's few-shot table: ID accuracy per K and method, and the OOD average at the largest K."
+    D = _papers(ctx, "mps")
+    D = D[D["variant"] == "main"]
+    piv = D.pivot(index="method", columns="shots", values="id_acc")
+    piv = piv.loc[[m for m in ("mps", "coop", "lp", "ft") if m in piv.index] + [m for m in piv.index if m not in ("mps", "coop", "lp", "ft")]]
+    K = int(D["shots"].max())
+    dg = D[D["shots"] == K].set_index("method")
+    num = pd.DataFrame({"method": piv.index, **{f"id_k{int(k)}": piv[k].to_numpy() for k in piv.columns},
+                        f"ood_avg_k{K}": dg.loc[piv.index, "ood_avg"].to_numpy(),
+                        "trainable_params": dg.loc[piv.index, "trainable_params"].to_numpy()})
+    md = pd.DataFrame({"method": piv.index, **{f"ID K={int(k)}": [_fmt(v) for v in piv[k]] for k in piv.columns},
+                       f"OOD avg K={K}": [_fmt(v) for v in num[f"ood_avg_k{K}"]],
+                       "trainable params": [_fmt(v, 0) for v in num["trainable_params"]]})
+    return Table("mps_fewshot", f"MPS-Tuning's few-shot protocol: ID top-1 accuracy (%) with K shots per class, and "
+                 f"domain generalisation (OOD average, trained on photos) at K = {K}; seed {int(D['seed'].iloc[0])}, "
+                 f"one run per cell (figure mps_fewshot.png).", md, num)
+
+def table_mps_ablation(ctx: _Context) -> Table:
+    "MPS-Tuning's component ablation (CE, + Gram, + sculpt, full) and global / local Gram ablation."
+    D = _papers(ctx, "mps")
+    K = int(D["shots"].max())
+    full = D[(D["method"] == "mps") & (D["variant"] == "main") & (D["shots"] == K)].assign(variant="full (CE + Gram + sculpt)")
+    A = pd.concat([D[(D["variant"] != "main")], full])
+    order = ["ce only", "+ gram", "+ sculpt", "full (CE + Gram + sculpt)", "gram global only", "gram local only"]
+    A = A.set_index("variant").loc[[o for o in order if o in set(A["variant"])]].reset_index()
+    md, num = _cols(A, {"variant": "variant", "id_acc": "ID", "ood_avg": "OOD avg", "zs_avg": "ZS avg"})
+    return Table("mps_ablation", f"MPS-Tuning ablations at K = {K}: the loss components and the two Gram terms; "
+                 f"accuracy (%), seed {int(A['seed'].iloc[0])}.", md, num)
+
+def table_promptot(ctx: _Context) -> Table:
+    "Prompt-OT's base-to-novel table, with cross-task transfer and domain generalisation of the same prompts."
+    D = _papers(ctx, "promptot")
+    md, num = _cols(D, {"variant": "method", "base_acc": "base", "novel_acc": "novel", "hm": "HM",
+                        "zs_avg": "cross-task (ZS avg)", "ood_avg": "domain gen. (OOD avg)", "trainable_params": "trainable params"})
+    if "trainable params" in md: md["trainable params"] = [_fmt(v, 0) for v in num["trainable_params"]]
+    return Table("promptot_base2novel", f"Prompt-OT's base-to-novel protocol: prompts trained on {int(D['shots'].iloc[0])} "
+                 f"shots of the base classes (the first half); accuracy (%) on base and novel test images with a head of "
+                 f"their own classes and the harmonic mean; the same prompts on the zero-shot tasks and the OOD styles; "
+                 f"'no ot' is Prompt-OT with the OT weight at 0; seed {int(D['seed'].iloc[0])}.", md, num)
+
+def table_csaligner(ctx: _Context) -> Table:
+    "CS-Aligner's setting: adapters on pairs, InfoNCE vs + CS, modality gap, unpaired data."
+    D = _papers(ctx, "csaligner")
+    md, num = _cols(D, {"setting": "setting", "i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1", "i2t_r5": "i2t R@5",
+                        "t2i_r5": "t2i R@5", "geometry.modality_gap": "modality gap", "zs_avg": "ZS avg"})
+    return Table("csaligner", f"CS-Aligner's setting: residual adapters on the frozen encoders trained on image-caption "
+                 f"pairs; retrieval (%) on held-out captions and the modality gap (distance between the image and text "
+                 f"centroids) of the probe set; the last three rows are the unpaired-data experiment; seed "
+                 f"{int(D['seed'].iloc[0])}.", md, num)
+
+def figure_mps_fewshot(ctx: _Context):
+    "ID accuracy vs K shots per method (log-2 axis)."
+    D = _papers(ctx, "mps")
+    D = D[D["variant"] == "main"]
+    with _style():
+        fig, (ax,) = _figure(width=3.8, height=2.8)
+        for m, col in zip([m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])], _palette(4)):
+            d = D[D["method"] == m].sort_values("shots")
+            ax.plot(d["shots"], d["id_acc"], "o-", ms=3, color=col, label=m)
+        ax.set_xscale("log", base=2); ax.set_xlabel("shots per class (K)"); ax.set_ylabel("ID (%)")
+        ax.set_title("Few-shot ID accuracy"); ax.legend(fontsize=7)
+    return fig
+
+def figure_csaligner_gap(ctx: _Context, n_lines: int = 30):
+    "Probe image and text embeddings before and after the adapters, in the pre-trained model's PCA plane."
+    D = _papers(ctx, "csaligner")
+    if ctx.preds_dir is None: raise _Skip("no preds_dir")
+    panels = {}
+    for name, title in (("pretrained", "pre-trained"), ("nce", "InfoNCE"), ("nce_cs", "InfoNCE + CS")):
+        p = ctx.preds_dir / "papers" / "csaligner" / f"{name}.preds.pt"
+        if not p.exists(): raise _Skip(f"no {p}")
+        e = torch.load(p, weights_only=True)
+        gap = D.loc[D["name"] == name, "geometry.modality_gap"]
+        panels[f"{title}: gap {float(gap.iloc[0]):.2f}" if len(gap) else title] = (e["probe_img"].numpy(), e["probe_txt"].numpy())
+    pre = next(iter(panels.values()))
+    comps = _pca_basis(np.concatenate(pre))
+    mu = np.concatenate(pre).mean(0)
+    with _style():
+        fig, axes = _figure(ncols=len(panels), width=3.0, height=3.0, sharex=True, sharey=True)
+        c_img, c_txt = _palette(2)
+        for ax, (name, (im, tx)) in zip(axes, panels.items()):
+            pi, pt = (im - mu) @ comps.T, (tx - mu) @ comps.T
+            k = min(n_lines, len(pi))
+            ax.plot(np.stack([pi[:k, 0], pt[:k, 0]]), np.stack([pi[:k, 1], pt[:k, 1]]), color="0.7", lw=0.5)
+            ax.scatter(pi[:, 0], pi[:, 1], s=6, alpha=0.7, color=c_img, label="image")
+            ax.scatter(pt[:, 0], pt[:, 1], s=8, alpha=0.7, marker="x", color=c_txt, label="text")
+            ax.set_title(name, fontsize=8); ax.set_xlabel("PC 1 (pre-trained)")
+        axes[0].set_ylabel("PC 2 (pre-trained)"); axes[0].legend(fontsize=7)
+    return fig
+
+PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing")
+TABLES.update({"m2mix_retrieval": table_m2mix, "mps_fewshot": table_mps_fewshot, "mps_ablation": table_mps_ablation,
+               "promptot_base2novel": table_promptot, "csaligner": table_csaligner})
+FIGURES.update({"mps_fewshot": figure_mps_fewshot, "csaligner_gap": figure_csaligner_gap})
+
+
+# %% ../nbs/30_report.ipynb #55059838
+CORE_METHODS = ("lp", "ft", "lpft", "flyp", "flyp_replay", "snd", "dive", "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos",
+                "zeroshot", "wiseft")
+
+def stage_durations(
+    executed_dir: str | Path,  # executed/<profile>: the executed stage notebooks
+) -> pd.DataFrame:  # stage, group, seconds, end (ISO time)
+    "Duration of every executed stage notebook, from papermill's metadata, with the stage's group."
+    rows = []
+    for f in sorted(Path(executed_dir).glob("*.ipynb")):
+        meta = json.loads(f.read_text()).get("metadata", {}).get("papermill", {})
+        if meta.get("duration") is None: continue
+        stem = re.sub(r"^\d+_", "", f.stem)
+        kind, _, item = stem.partition("-")
+        if kind in ("world", "pretrain", "teacher"): group = "core"
+        elif kind in ("finetune", "evaluate"): group = "core" if item in CORE_METHODS else "other papers' methods"
+        elif kind == "sweep": group = "sweeps"
+        elif kind == "papers": group = "paper experiments"
+        else: group = kind
+        rows.append({"stage": f"{kind}@{item}" if item else kind, "group": group, "seconds": float(meta["duration"]),
+                     "end": meta.get("end_time")})
+    return pd.DataFrame(rows, columns=["stage", "group", "seconds", "end"])
+
+def table_timing(ctx: _Context) -> Table:
+    "Seconds per group of stages (from the executed notebooks) and the totals."
+    ex = ctx.metrics_dir.parent.parent / "executed" / ctx.metrics_dir.name
+    D = stage_durations(ex)
+    if not len(D): raise _Skip(f"no executed stage notebooks in {ex}")
+    order = ["core", "other papers' methods", "sweeps", "paper experiments", "report"]
+    g = D.groupby("group").agg(stages=("stage", "count"), seconds=("seconds", "sum"))
+    g = g.loc[[o for o in order if o in g.index] + [o for o in g.index if o not in order]]
+    num = g.reset_index()
+    tot = pd.DataFrame([{"group": "total", "stages": int(num["stages"].sum()), "seconds": float(num["seconds"].sum())}])
+    num = pd.concat([num, tot], ignore_index=True)
+    num["minutes"] = num["seconds"] / 60
+    md = pd.DataFrame({"group": num["group"], "stages": num["stages"], "minutes": [f"{v:.1f}" for v in num["minutes"]]})
+    return Table("timing", f"Time of the pipeline's stages on this machine (sum of papermill durations of the executed "
+                 f"notebooks in {ex}; each stage's latest run; the cost benchmark not included).", md, num)
+
+TABLES["timing"] = table_timing
+
 
 # %% ../nbs/30_report.ipynb #fd489905
 def _profile_dir(root: str | Path, profile: str) -> Path:

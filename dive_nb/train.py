@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_train.ipynb #6612d06f
 from __future__ import annotations
-import json, math, os, resource, sys, time
+import contextlib, json, math, os, resource, sys, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
@@ -14,7 +14,8 @@ from .data import Split
 from .distributed import rank_and_world, all_gather_with_grad, sync_gradients
 
 # %% auto #0
-__all__ = ['TrainConfig', 'NonFiniteLossError', 'warmup_cosine', 'class_prompt_tokens', 'param_groups', 'train']
+__all__ = ['TrainConfig', 'NonFiniteLossError', 'warmup_cosine', 'class_prompt_tokens', 'param_groups',
+           'enable_grad_checkpointing', 'train']
 
 # %% ../nbs/21_train.ipynb #fd533ddd
 @dataclass
@@ -33,6 +34,9 @@ class TrainConfig:
     ckpt_every: int = 50  # steps between checkpoints (0: only at the end)
     num_threads: int | None = None  # torch.set_num_threads (None: leave as is)
     sequential_backward: bool = True  # back-propagate the ID and reference losses one after the other
+    accum_steps: int = 1  # micro-batches per step (gradient accumulation): each term sees one micro-batch at a time
+    precision: str = "fp32"  # "fp32", or "bf16" (autocast on the model's device; weights and optimizer stay fp32)
+    grad_checkpointing: bool = False  # recompute the towers' block activations in backward (less memory, more time)
     log_every: int = 10
     progress: bool = True
 
@@ -41,6 +45,8 @@ class TrainConfig:
             if int(getattr(self, k)) < 1: raise ValueError(f"TrainConfig.{k} must be >= 1, got {getattr(self, k)}")
         if not (self.lr > 0 and math.isfinite(self.lr)): raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_frac < 1: raise ValueError(f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if int(self.accum_steps) < 1: raise ValueError(f"TrainConfig.accum_steps must be >= 1, got {self.accum_steps}")
+        if self.precision not in ("fp32", "bf16"): raise ValueError(f"TrainConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 class NonFiniteLossError(RuntimeError):
     "A loss became NaN or infinite; the last good checkpoint is kept."
@@ -88,9 +94,20 @@ def _save_atomic(obj, path: Path) -> None:
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+def enable_grad_checkpointing(model: FineTuneModel) -> None:
+    "Turn on open_clip's activation checkpointing in both towers (recomputed in backward: less memory, more time)."
+    fn = getattr(model.clip, "set_grad_checkpointing", None)
+    if fn is None:
+        raise ValueError(f"{type(model.clip).__name__} has no set_grad_checkpointing: gradient checkpointing needs an "
+                         f"open_clip CLIP (set grad_checkpointing: false)")
+    fn(True)
+
 def _run_key(method: Method, cfg: TrainConfig) -> dict:
     "What must match for a checkpoint to be resumed."
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "num_threads", "ckpt_every", "log_every")}
+    skip = {"progress", "num_threads", "ckpt_every", "log_every", "grad_checkpointing"}  # do not change the maths
+    keep = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    for k, default in (("accum_steps", 1), ("precision", "fp32")):  # older checkpoints have no such keys
+        if keep.get(k) == default: keep.pop(k)
     return {"method": method.name, "hparams": dict(method.hparams), "cfg": keep}
 
 def train(
@@ -141,9 +158,12 @@ def train(
 
     device = model.head.weight.device
     rank, world = rank_and_world()
+    A = int(cfg.accum_steps)
     for k in ("batch_size", "ref_batch_size"):
-        if getattr(cfg, k) % world: raise ValueError(f"TrainConfig.{k}={getattr(cfg, k)} must be divisible by the {world} processes")
-    mine = lambda n: slice(rank * n // world, (rank + 1) * n // world)  # this process's shard of a global batch
+        if getattr(cfg, k) % (world * A):
+            raise ValueError(f"TrainConfig.{k}={getattr(cfg, k)} must be divisible by {world} process(es) x {A} micro-batches")
+    if cfg.grad_checkpointing: enable_grad_checkpointing(model)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" else contextlib.nullcontext
     gather = all_gather_with_grad if world > 1 else (lambda x: x)
     if rank != 0: ckpt_path, out = None, None  # rank 0 writes checkpoints and the final weights
     n_id, n_tpl = len(id_train), prompt_tokens.shape[0]
@@ -165,42 +185,54 @@ def train(
         if resumed is not None and pi == start_phase and start_step > 0:  # (a phase that starts afresh has a fresh optimizer)
             opt.load_state_dict(resumed["opt"]); sched.load_state_dict(resumed["sched"]); s0 = start_step
         weights = method.weights(phase)
-        groups = [[t for t in weights if TERMS[t].batch == g] for g in ("id", "ref")]
+        groups = [[t for t in weights if TERMS[t].batch in g] for g in (("id", "both"), ("ref",))]
+        need_ref = any(TERMS[t].batch in ("ref", "both") for t in weights)
         model.train()
         for step in range(s0, T):
             t0 = time.perf_counter()
-            ctx = StepContext(model, hp=method.hparams, generator=gen, step=step, total_steps=T, cache=cache, gather=gather,
-                              prompt_tokens=prompt_tokens)
+            batch = {}
             if groups[0]:
                 idx = torch.randint(n_id, (cfg.batch_size,), generator=gen)
                 tpl = torch.randint(n_tpl, (cfg.batch_size,), generator=gen)
                 y = id_train.labels[label][idx]
-                sh = mine(cfg.batch_size)
-                ctx.id_images, ctx.id_labels = prepare(id_train.images[idx[sh]]).to(device), y.to(device)
-                ctx.id_prompt_tokens = prompt_tokens[tpl[sh], y[sh]].to(device)
-                ctx.id_index = idx
-            if groups[1]:
+                batch["id"] = (idx, tpl, y)
+            if need_ref:
                 r = torch.randint(len(reference), (cfg.ref_batch_size,), generator=gen)
-                sh = mine(cfg.ref_batch_size)
-                ctx.ref_images, ctx.ref_tokens = prepare(reference.images[r[sh]]).to(device), reference.tokens[r[sh]].to(device)
-                ctx.ref_index = r
-                if pre_ref is not None:
-                    ctx.pre_ref_img, ctx.pre_ref_txt = pre_ref[0][r].to(device), pre_ref[1][r].to(device)
+                batch["ref"] = (r,)
             opt.zero_grad(set_to_none=True)
             parts, pending = {}, []
-            for names in groups:
-                if not names: continue
-                lg = 0.0
-                for t in names:
-                    v = TERMS[t].fn(ctx)
-                    parts[t] = float(v.detach())
-                    if not math.isfinite(parts[t]):
-                        raise NonFiniteLossError(f"{method.name}: term {t!r} is {parts[t]} at phase {pi} step {step}; "
-                                                 f"the last good checkpoint is kept in {ckpt_path}")
-                    lg = lg + weights[t] * v
-                if cfg.sequential_backward: lg.backward()
-                else: pending.append(lg)
-            if pending: sum(pending).backward()
+            for a in range(A):  # micro-batches (A = 1: the whole batch)
+                ctx = StepContext(model, hp=method.hparams, generator=gen, step=step, total_steps=T, cache=cache, gather=gather,
+                                  prompt_tokens=prompt_tokens)
+                # micro-batch a of the global batch: every process's a-th chunk of its shard (gathered = their union)
+                mb = lambda x: x.view(world, A, -1)[:, a]
+                if "id" in batch:
+                    (ii, tt, yy), full = (mb(x)[rank] for x in batch["id"]), mb(batch["id"][0]).reshape(-1)
+                    ctx.id_images, ctx.id_labels = prepare(id_train.images[ii]).to(device), yy.to(device)
+                    ctx.id_prompt_tokens = prompt_tokens[tt, yy].to(device)
+                    ctx.id_index = full
+                if "ref" in batch:
+                    rr, full = mb(batch["ref"][0])[rank], mb(batch["ref"][0]).reshape(-1)
+                    ctx.ref_images, ctx.ref_tokens = prepare(reference.images[rr]).to(device), reference.tokens[rr].to(device)
+                    ctx.ref_index = full
+                    if pre_ref is not None:
+                        ctx.pre_ref_img, ctx.pre_ref_txt = pre_ref[0][full].to(device), pre_ref[1][full].to(device)
+                for names in groups:
+                    if not names: continue
+                    lg = 0.0
+                    with autocast():
+                        for t in names:
+                            v = TERMS[t].fn(ctx)
+                            val = float(v.detach())
+                            if not math.isfinite(val):
+                                raise NonFiniteLossError(f"{method.name}: term {t!r} is {val} at phase {pi} step {step}; "
+                                                         f"the last good checkpoint is kept in {ckpt_path}")
+                            parts[t] = parts.get(t, 0.0) + val / A
+                            lg = lg + weights[t] * v
+                    if A > 1: lg = lg / A
+                    if cfg.sequential_backward: lg.backward()
+                    else: pending.append(lg)
+                if pending: sum(pending).backward(); pending = []
             if world > 1: sync_gradients(params)
             if cfg.grad_clip: clip_grad_norm_(params, cfg.grad_clip)
             opt.step(); sched.step()

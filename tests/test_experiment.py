@@ -37,3 +37,120 @@ def test_finetune_many_two_workers_equal_one(tiny):
     # and the two seeds really are different runs (the comparison above could not pass vacuously)
     w0, w1 = _weights(one[0]), _weights(one[1])
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_paper_experiments_end_to_end(tiny):
+    "Each paper experiment runs its runs through the loop and the evaluation; the report makes its tables."
+    import json
+    from dive_nb.other_methods import harmonic_mean
+    from dive_nb.paper_experiments import run_experiment
+    from dive_nb.report import build_report
+    params, world, pre, teacher, d = tiny
+    params = {**params, "workers": 1,
+              "papers": {"seed": 0, "m2mix": {"steps": 2, "pair_batch_size": 16}, "mps": {"steps": 2, "shots": [1, 2]},
+                         "promptot": {"steps": 2, "shots": 2, "n_classes": 10},
+                         "csaligner": {"steps": 2, "pair_batch_size": 16, "n_paired": 50}}}
+    metrics = d / "metrics" / "mini"
+    rows = {}
+    for exp in ("m2mix", "mps", "promptot", "csaligner"):
+        rows[exp] = run_experiment(params, exp, world, pre, teacher, d / "papers", metrics / "papers" / f"{exp}.json",
+                                   d / "preds" / "papers")
+        assert json.loads((metrics / "papers" / f"{exp}.json").read_text())["rows"] == rows[exp]
+    m2 = {r["name"]: r for r in rows["m2mix"]}
+    assert set(m2) == {"pretrained", "clip_pairs", "m2mix_pairs"} and all(0 <= r["ece"] <= 100 for r in m2.values())
+    assert m2["pretrained"]["trainable_params"] == 0 and m2["clip_pairs"]["trainable_params"] > 0
+    mps = rows["mps"]
+    assert sorted({(r["method"], r["shots"]) for r in mps if r["variant"] == "main"}) == \
+        sorted((m, k) for m in ("mps", "coop", "lp", "ft") for k in (1, 2))
+    assert len(mps) == 8 + 5
+    for r in rows["promptot"]:
+        assert abs(r["hm"] - harmonic_mean(r["base_acc"], r["novel_acc"])) < 1e-3
+    cs = {r["name"]: r for r in rows["csaligner"]}
+    assert list(cs) == ["pretrained", "nce", "nce_cs", "paired_50", "paired_50_unpaired_100", "paired_100"]
+    # adapters start as the identity and only they train: a 2-step run stays close to the pre-trained gap
+    assert all(r["geometry.modality_gap"] >= 0 for r in cs.values())
+    written = build_report(metrics, d / "tables", d / "figures", preds_dir=d / "preds", verbose=False)
+    names = {p.name for p in written}
+    for t in ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner"):
+        assert f"{t}.md" in names and (d / "tables" / "mini" / f"{t}.md").read_text().startswith("**Table"), t
+    assert {"mps_fewshot.png", "csaligner_gap.png"} <= names
+
+
+def _train(tiny, method, name, **over):
+    from dive_nb.experiment import Context, finetune
+    params, world, pre, teacher, d = tiny
+    ctx = Context(params, world, pre, teacher)
+    model = finetune(ctx, method, 0, d / "opts" / name, {"steps": 3, **over})
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, \
+        __import__("json").loads((d / "opts" / name / "train_log.json").read_text())["log"]
+
+
+def _close(a, b, atol):
+    return all(torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0) for k in a)
+
+
+def test_gradient_accumulation(tiny):
+    "Two micro-batches equal the whole batch for a per-example loss (CE); contrastive terms see fewer negatives."
+    full, _ = _train(tiny, "ft", "ft-a1")
+    acc, _ = _train(tiny, "ft", "ft-a2", accum_steps=2)
+    assert _close(full, acc, 1e-5)
+    f1, _ = _train(tiny, "flyp", "flyp-a1")
+    f2, _ = _train(tiny, "flyp", "flyp-a2", accum_steps=2)
+    assert not _close(f1, f2, 1e-6)
+    import pytest
+    with pytest.raises(ValueError, match="divisible"):
+        _train(tiny, "flyp", "flyp-a3", accum_steps=3)
+
+
+def test_grad_checkpointing_and_bf16(tiny):
+    "Checkpointing recomputes activations exactly; bf16 autocast trains to a nearby, finite result."
+    base, log = _train(tiny, "flyp", "flyp-base")
+    ck, _ = _train(tiny, "flyp", "flyp-ckpt", grad_checkpointing=True)
+    assert _close(base, ck, 1e-6)
+    bf, blog = _train(tiny, "dive", "dive-bf16", precision="bf16")
+    assert all(torch.isfinite(v.float()).all() for v in bf.values())
+    ref, rlog = _train(tiny, "dive", "dive-fp32")
+    assert abs(blog[-1]["loss"] - rlog[-1]["loss"]) < 0.1 * abs(rlog[-1]["loss"])
+    assert not _close(bf, ref, 0.0)  # autocast really changed the arithmetic
+
+
+def test_grad_checkpointing_engages(tiny, monkeypatch):
+    "enable_grad_checkpointing really routes every block of both towers through torch's checkpoint."
+    import open_clip.transformer as T
+    from dive_nb.experiment import Context
+    from dive_nb.train import enable_grad_checkpointing
+    params, world, pre, teacher, d = tiny
+    model = Context(params, world, pre, teacher).model()
+    calls = []
+    orig = T.checkpoint
+    monkeypatch.setattr(T, "checkpoint", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    model.train()
+    x, t = torch.randn(2, 3, 32, 32), torch.randint(1, 20, (2, model.clip.context_length))
+    model.encode_image(x); model.encode_text(t)
+    assert not calls
+    enable_grad_checkpointing(model)
+    model.encode_image(x); model.encode_text(t)
+    n_blocks = len(model.clip.visual.transformer.resblocks) + len(model.clip.transformer.resblocks)
+    assert len(calls) == n_blocks
+
+
+def _cli(argv):
+    from dive_nb.experiment import main
+    main(argv)
+
+
+def test_cli_run_under_two_processes(tiny, tmp_path):
+    "`dive-nb run` under torchrun's environment: both processes train, rank 0 writes one record; same weights as one process."
+    from dive_nb.distributed import run_local_processes
+    params, world, pre, teacher, d = tiny
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({**params, "finetune": {**params["finetune"], "steps": 3}}))
+    args = lambda root: ["run", "--params", str(p), "--root", str(tmp_path / root), "--metrics", str(tmp_path / root / "m"),
+                         "--methods", "flyp", "--seeds", "0", "--world", str(world), "--pretrained", str(pre),
+                         "--teacher", str(teacher)]
+    run_local_processes(_cli, 2, (args("two"),))
+    _cli(args("one"))
+    rec = tmp_path / "two" / "m" / "mini" / "flyp-0.json"
+    assert rec.exists() and __import__("json").loads(rec.read_text())["method"] == "flyp"
+    a, b = _weights(tmp_path / "two" / "mini" / "runs" / "flyp-0"), _weights(tmp_path / "one" / "mini" / "runs" / "flyp-0")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)

@@ -27,9 +27,9 @@ from dive_nb.miniworld import TASKS
 from dive_nb.models import create_model, prepare_images, zeroshot_classifier
 from dive_nb.train import TrainConfig, class_prompt_tokens, train
 
-NEW = ["m2mix", "m2mix_pairs", "clip_pairs", "mps", "promptot", "coop", "csaligner"]
+NEW = ["m2mix", "m2mix_pairs", "clip_pairs", "mps", "promptot", "coop", "csaligner", "csaligner_adapters"]
 PARAMS = {"m2mix": 498272, "m2mix_pairs": 498272, "clip_pairs": 498272, "mps": 127392, "promptot": 1664, "coop": 256,
-          "csaligner": 16640}
+          "csaligner": 498272, "csaligner_adapters": 16640}
 TASK = TASKS["shape"]
 CAPS = ["a photo of a red circle", "a drawing of a blue star on a white background", "a small green square", "a big heart"]
 
@@ -104,7 +104,7 @@ def test_registered_with_parameter_counts():
         m, meth = _model(name)
         assert sum(p.numel() for n in meth.phases[0].train for p in m.parts(n)) == PARAMS[name], name
     assert {"clip_fixed", "m2mix", "clip_fixed_pairs", "m2mix_pairs", "mps_ce", "mps_gram", "mps_sculpt", "prompt_ce", "prompt_ot", "csa_nce", "csa_cs"} <= set(TERMS)
-    assert [n for n in NEW if get_method(n).needs_reference] == ["m2mix_pairs", "clip_pairs", "csaligner"]
+    assert [n for n in NEW if get_method(n).needs_reference] == ["m2mix_pairs", "clip_pairs", "csaligner", "csaligner_adapters"]
     assert not any(get_method(n).needs_pre for n in NEW)
     with pytest.raises(ValueError, match="no hyperparameter"): get_method("promptot", lamda=1.0)
 
@@ -241,7 +241,7 @@ def test_prompt_terms(name):
 
 @pytest.mark.parametrize("over", [{}, {"lam": 0.25, "ref_images": True}, {"ref_text": False, "sigma": 0.7}])
 def test_csaligner_terms_sum_to_cs_aligner_loss(over):
-    m, meth = _model("csaligner", **over)
+    m, meth = _model("csaligner_adapters", **over)
     with torch.no_grad():
         torch.manual_seed(2)
         for p in m.state["adapters"].parameters(): p.add_(0.1 * torch.randn_like(p))
@@ -257,13 +257,29 @@ def test_csaligner_terms_sum_to_cs_aligner_loss(over):
 
 def test_csaligner_with_trainable_encoders_recomputes():
     "If the encoders were trainable, the CS term must not reuse graph-free encoder outputs."
-    m, meth = _model("csaligner")
+    m, meth = _model("csaligner_adapters")
     m.set_trainable(("adapters", "visual"))
     c = _ctx(m, meth)
     TERMS["csa_nce"].fn(c).backward()
     TERMS["csa_cs"].fn(c).backward()
     assert "csa_id_img" not in c._memo and "csa_id_txt" in c._memo
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.clip.visual.parameters())
+
+
+@pytest.mark.parametrize("over", [{}, {"ref_images": True}, {"ref_text": False, "sigma": 0.7}])
+def test_csaligner_protocol_term_is_cs_of_finetuned_features(over):
+    "Under the DiVE protocol the CS term reads the fine-tuned ID features (FLYP's) plus the reference batch, and trains both towers."
+    from dive_nb.losses.cs import cs_divergence
+    m, meth = _model("csaligner", **over)
+    assert meth.phases[0].train == ("visual", "text") and TERMS["csa_cs_ft"].batch == "both"
+    c, h = _ctx(m, meth), meth.hparams
+    got = TERMS["csa_cs_ft"].fn(c)
+    imgs = [m.encode_image(c.id_images)] + ([m.encode_image(c.ref_images)] if h["ref_images"] else [])
+    txts = [m.encode_text(c.id_prompt_tokens)] + ([m.encode_text(c.ref_tokens)] if h["ref_text"] else [])
+    torch.testing.assert_close(got, cs_divergence(torch.cat(imgs), torch.cat(txts), h["sigma"]))
+    (TERMS["flyp"].fn(c) + h["lam"] * got).backward()  # one graph: the CS term reuses FLYP's ID features
+    for part in ("visual", "text"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parts(part)), part
 
 
 def _worker(name, out_dir, world):
@@ -301,15 +317,16 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["mps", "promptot", "csaligner"])
+@pytest.mark.parametrize("name", ["mps", "promptot", "csaligner_adapters", "csaligner"])
 def test_resume_after_crash_is_exact(tmp_path, name):
     full, _, _ = _train(name, steps=4, out_dir=tmp_path / "full")
     calls = [0]
-    n_per_step = 2 if name == "csaligner" else 1  # prepare calls per step (ID, reference)
+    csa = name.startswith("csaligner")
+    n_per_step = 2 if csa else 1  # prepare calls per step (ID, reference)
     n_pre = 1  # precompute prepares the 40 ID images in one batch (0 for csaligner, which has no precompute)
     def crashing(x):
         calls[0] += 1
-        if calls[0] > (0 if name == "csaligner" else n_pre) + 3 * n_per_step: raise _Crash("simulated failure")
+        if calls[0] > (0 if csa else n_pre) + 3 * n_per_step: raise _Crash("simulated failure")
         return prepare_images(x)
     with pytest.raises(_Crash): _train(name, steps=4, out_dir=tmp_path / "crashed", prepare=crashing)
     assert torch.load(tmp_path / "crashed" / "ckpt.pt", weights_only=False)["step"] == 2

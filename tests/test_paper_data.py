@@ -20,7 +20,7 @@ from dive_nb import paper_data as pd_
 from dive_nb.data import Split
 from dive_nb.paper_data import (DATASETS, DatasetSizeMismatch, DatasetSpec, DatasetUnavailable, LazySplit,
                                 MetadataUnavailable, check_available, classnames_and_templates, imagenet_classnames,
-                                load_split, paper_suite, project_logits, subset_accuracy)
+                                load_split, load_wilds_split, paper_suite, project_logits, subset_accuracy)
 
 RNG = np.random.default_rng(0)
 WNIDS = [f"n{10_000_000 + 7 * i:08d}" for i in range(1000)]  # stand-in for the 1000 ordered ImageNet wnids
@@ -311,13 +311,121 @@ def test_streamed_head_and_max_rows(tmp_path):
     assert len(head) == 2 and head.labels["label"].tolist() == ys[:2] and len(head.classnames) == 1000
 
 
-def test_wilds_sets_are_declarations(tmp_path):
-    (tmp_path / "wilds" / "iwildcam_v2.0").mkdir(parents=True)
-    (tmp_path / "wilds" / "iwildcam_v2.0" / "metadata.csv").write_text("x\n")
-    check_available(["iwildcam"], tmp_path)
-    with pytest.raises(NotImplementedError, match="macro_f1"):
-        load_split("iwildcam", tmp_path, 32)
-    assert DATASETS["fmow"].metric == "worst_group_acc"
+def _iwildcam_standin(root: Path):
+    d = root / "wilds" / "iwildcam_v2.0"; (d / "train").mkdir(parents=True)
+    rows = [("train", 0, 3), ("train", 2, 3), ("train", 1, 5), ("id_test", 2, 3), ("id_test", 0, 5), ("test", 1, 7),
+            ("test", 2, 8), ("val", 0, 9)]
+    lines = ["split,y,filename,location_remapped"]
+    for i, (sp, y, loc) in enumerate(rows):
+        (d / "train" / f"img{i}.jpg").write_bytes(_img(5000 + i, fmt="JPEG"))
+        lines.append(f"{sp},{y},img{i}.jpg,{loc}")
+    (d / "metadata.csv").write_text("\n".join(lines) + "\n")
+    (d / "categories.csv").write_text("y,category_id,name\n1,10,tayassu pecari\n0,0,empty\n2,22,meleagris ocellata\n")
+    return rows
+
+
+def _fmow_standin(root: Path):
+    d = root / "wilds" / "fmow_v1.1"; (d / "images").mkdir(parents=True)
+    rows = [("train", "zoo", "USA", "2010-05-01T10:00:00Z"), ("train", "airport", "FRA", "2012-12-31T23:00:00Z"),
+            ("train", "airport", "KEN", "2014-03-01T00:00:00Z"),  # a train row from the OOD-val years: in no split
+            ("val", "dam", "CHN", "2011-01-01T00:00:00Z"), ("val", "zoo", "BRA", "2014-06-01T00:00:00Z"),
+            ("test", "dam", "ATA", "2009-01-01T00:00:00Z"), ("test", "zoo", "KEN", "2016-02-01T00:00:00Z"),
+            ("test", "airport", "AUS", "2017-07-07T00:00:00Z"), ("test", "dam", "XXX", "2018-01-01T00:00:00Z"),
+            ("seq", "zoo", "USA", "2017-01-01T00:00:00Z")]
+    lines = ["split,img_filename,category,country_code,timestamp"]
+    for i, (sp, cat, cc, ts) in enumerate(rows):
+        (d / "images" / f"rgb_img_{i}.png").write_bytes(_img(6000 + i))
+        lines.append(f"{sp},rgb_img_{i}.png,{cat},{cc},{ts}")
+    (d / "rgb_metadata.csv").write_text("\n".join(lines) + "\n")
+    (d / "country_code_mapping.csv").write_text(
+        "alpha-3,region\nUSA,Americas\nBRA,Americas\nFRA,Europe\nKEN,Africa\nCHN,Asia\nAUS,Oceania\nATA,Antarctica\n")
+    return rows
+
+
+def _few_classes(monkeypatch, prefix, k):
+    "The stand-ins have k classes; the real sets' class counts (182, 62) stay checked everywhere else."
+    for n in (f"{prefix}_train", f"{prefix}_id_test", prefix):
+        monkeypatch.setitem(DATASETS, n, replace(DATASETS[n], n_classes=k))
+
+
+def test_wilds_iwildcam_layout(tmp_path, monkeypatch):
+    rows = _iwildcam_standin(tmp_path)
+    _few_classes(monkeypatch, "iwildcam", 3)
+    check_available(["iwildcam_train", "iwildcam_id_test", "iwildcam"], tmp_path)
+    tr, te, ood = (load_split(n, tmp_path, 16) for n in ("iwildcam_train", "iwildcam_id_test", "iwildcam"))
+    assert tr.labels["label"].tolist() == [0, 2, 1] and tr.labels["group"].tolist() == [3, 3, 5]
+    assert te.labels["label"].tolist() == [2, 0] and ood.labels["label"].tolist() == [1, 2]
+    assert tr.images[[0]].shape == (1, 3, 16, 16)
+    assert tr.classnames == ["empty", "tayassu pecari", "meleagris ocellata"] and "{} in the wild." in tr.templates
+    assert (tr.metric, te.metric, ood.metric) == ("acc1", "macro_f1", "macro_f1")
+
+
+def test_wilds_fmow_time_split_and_regions(tmp_path, monkeypatch):
+    rows = _fmow_standin(tmp_path)
+    _few_classes(monkeypatch, "fmow", 3)
+    tr, te, ood = (load_split(n, tmp_path, 16) for n in ("fmow_train", "fmow_id_test", "fmow"))
+    cls = ["airport", "dam", "zoo"]  # sorted category names = WILDS' label order
+    assert tr.labels["label"].tolist() == [2, 0] and tr.labels["group"].tolist() == [3, 1]  # Americas, Europe
+    assert te.labels["label"].tolist() == [1] and te.labels["group"].tolist() == [-1]  # Antarctica -> Other
+    assert ood.labels["label"].tolist() == [2, 0, 1] and ood.labels["group"].tolist() == [2, 4, -1]
+    assert tr.classnames == cls and ood.metric == "worst_group_acc"
+    val = load_wilds_split(tmp_path / "wilds" / "fmow_v1.1", "fmow", "val", 16)
+    assert val.labels["label"].tolist() == [2]  # the 2014 val row; the 2011 val row is id_val
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_wilds_split(tmp_path / "wilds" / "fmow_v1.1", "fmow", "seq", 16)
+
+
+def test_wilds_missing_metadata_says_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetUnavailable, match=r"(?s)iwildcam_train.*wilds.get_dataset\('iwildcam'"):
+        check_available(["iwildcam_train"], tmp_path)
+    (tmp_path / "wilds" / "fmow_v1.1").mkdir(parents=True)
+    (tmp_path / "wilds" / "fmow_v1.1" / "rgb_metadata.csv").write_text("split\n")
+    with pytest.raises(DatasetUnavailable, match="fmow"):  # the region mapping is missing: incomplete
+        check_available(["fmow"], tmp_path)
+
+
+def test_macro_f1_and_worst_group_against_naive_loops():
+    from dive_nb.evaluate import macro_f1, worst_group_accuracy
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        y, p = torch.randint(0, 6, (50,), generator=g), torch.randint(0, 7, (50,), generator=g)
+        f1s = []
+        for c in sorted(set(y.tolist())):  # sklearn's f1_score(average="macro", labels=unique(y)) by hand
+            tp = sum(int(a == c and b == c) for a, b in zip(p.tolist(), y.tolist()))
+            prec = tp / max(1, sum(int(a == c) for a in p.tolist())); rec = tp / sum(int(b == c) for b in y.tolist())
+            f1s.append(0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
+        assert macro_f1(p, y) == pytest.approx(100 * sum(f1s) / len(f1s))
+        ok, grp = torch.rand(50, generator=g) < 0.6, torch.randint(-1, 4, (50,), generator=g)
+        want = min(ok[grp == k].float().mean().item() for k in range(4) if (grp == k).any())
+        assert worst_group_accuracy(ok, grp) == pytest.approx(100 * want)
+    assert macro_f1(torch.tensor([1, 1]), torch.tensor([1, 1])) == 100.0
+    with pytest.raises(ValueError, match="non-negative"): worst_group_accuracy(torch.ones(3, dtype=torch.bool), -torch.ones(3))
+
+
+def test_evaluate_reports_the_wilds_metrics(tmp_path):
+    "A split that carries `metric` gets it in the record's paper_metrics (ID test and OOD), from the same predictions."
+    from dive_nb.data import Split, Suite
+    from dive_nb.evaluate import evaluate, macro_f1, worst_group_accuracy
+    from dive_nb.methods import FineTuneModel
+    from tiny import TinyCLIP
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    tok = lambda caps: torch.tensor([[1 + (hash(w) % 18) for w in (c.split() + ["x"] * 4)[:4]] for c in caps])
+    mk = lambda n, caps=False: Split(torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8),
+                                     {"label": torch.arange(n) % 3, "group": torch.arange(n) % 2}, None,
+                                     tok(["a b"] * n) if caps else None)
+    test, ood = mk(12), mk(10)
+    test.metric, ood.metric = "macro_f1", "worst_group_acc"
+    task = SimpleNamespace(name="t", attribute="label", classnames=["a", "b", "c"], templates=["{}"])
+    suite = Suite(task, {}, mk(6), mk(6), test, {"w": ood}, {}, mk(4, True), mk(4, True), mk(4, True))
+    m = FineTuneModel(TinyCLIP(), torch.nn.functional.normalize(torch.randn(3, 8), dim=-1))
+    rec, per = evaluate(m, suite, tok, lambda x: x.float() / 255, classifier="head")
+    pm = rec["paper_metrics"]
+    f = m.encode_image(test.images.float() / 255).detach()
+    pred = (torch.nn.functional.normalize(f, dim=-1) @ m.head.weight.detach().T).argmax(1)
+    assert pm["id_test.macro_f1"] == pytest.approx(macro_f1(pred, test.labels["label"]))
+    assert pm["ood.w.worst_group_acc"] == pytest.approx(worst_group_accuracy(per["ood_w"], ood.labels["group"]))
+    assert set(pm) == {"id_test.macro_f1", "ood.w.worst_group_acc"}
 
 
 # ---------------------------------------------------------------- training through the paper-profile path

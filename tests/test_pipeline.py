@@ -47,7 +47,12 @@ def test_dvc_pipeline_smoke(tmp_path):
     for t in ("main", "zeroshot", "geometry", "ablation", "alpha", "refsize", "wise", "lam", "cost", "significance", "unified"):
         assert (repo / f"tables/mini/{t}.md").read_text().startswith("**Table"), t
         assert (repo / f"tables/mini/{t}.csv").stat().st_size > 0, t
-    for f in ("geometry_rsa", "wise_curves", "lam_sweep", "unified_id_vs_zs", "world", "diffvec_pca", "embedding_geometry"):
+    for t in ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing"):
+        assert (repo / f"tables/mini/{t}.md").read_text().startswith("**Table"), t
+    for exp in ("m2mix", "mps", "promptot", "csaligner"):
+        assert json.loads((repo / f"metrics/mini/papers/{exp}.json").read_text())["rows"], exp
+    for f in ("geometry_rsa", "wise_curves", "lam_sweep", "unified_id_vs_zs", "world", "diffvec_pca", "embedding_geometry",
+              "mps_fewshot", "csaligner_gap"):
         assert (repo / f"figures/mini/{f}.png").read_bytes()[:4] == b"\x89PNG", f
     assert (repo / "executed/mini/04_finetune-dive.ipynb").exists()
     readme = (repo / "README.md").read_text()

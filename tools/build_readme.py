@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- results -->"
 # Tables inserted into README, in this order (the rest of tables/mini/ is linked).
-RESULT_TABLES = ["main", "zeroshot", "geometry", "unified"]
+RESULT_TABLES = ["main", "zeroshot", "geometry", "unified", "cost", "timing"]
 
 
 def _settings() -> dict:

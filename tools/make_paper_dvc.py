@@ -26,7 +26,7 @@ def convert(st: dict, name: str) -> dict:
     st = yaml.safe_load(yaml.safe_dump(st))
     cmd = st["cmd"].replace("executed/mini", "executed/paper").replace("-p params_file params.yaml -p artifacts artifacts/mini", P)
     cmd = cmd.replace("-p params_file params.yaml", P)
-    cmd = cmd.replace("--params params.yaml ", "").replace("--json metrics/mini/cost.json", "--model ${model.name} --image-size 224 --device cuda --json metrics/paper/cost.json")
+    cmd = cmd.replace("--params params.yaml ", "--params paper/params.yaml ").replace("--json metrics/mini/cost.json", "--image-size 224 --device cuda --json metrics/paper/cost.json")
     if name == "report":
         cmd += " -p tables tables/paper -p figures figures/paper -p readme False"
     out = {"cmd": cmd, "wdir": ".."}
@@ -39,7 +39,7 @@ def convert(st: dict, name: str) -> dict:
             deps.append(_paper(d))
     out["deps"] = deps
     params = ["model", "data"] if name == "teacher" else st.get("params", [])
-    if params: out["params"] = [{"paper/params.yaml": params}]
+    if params: out["params"] = [{"paper/params.yaml": params + ["variant", "variants"]}]  # a variant reruns every stage
     for key in ("outs", "metrics"):
         if key in st:
             items = [(_paper(o) if isinstance(o, str) else {_paper(k): v for k, v in o.items()}) for o in st[key]]
