@@ -216,6 +216,7 @@ def experiment_runs(
         names = list(range(int(C))) if C else None
         if names is None: raise ValueError("papers.promptot.n_classes: the number of ID classes (the base/novel split)")
         base, novel = base_novel_split(names)
+        runs.append(mk("pretrained", "zeroshot", {}, classes=base, base_novel=[base, novel], variant="pre-trained"))
         for m, over, var in (("promptot", {}, "prompt-ot"), ("coop", {}, "coop"), ("promptot", {"lam": 0.0}, "no ot")):
             runs.append(mk(var.replace(" ", "_").replace("-", ""), m, over, shots=int(c.get("shots", 16)), classes=base,
                            base_novel=[base, novel], variant=var))

@@ -941,10 +941,10 @@ def table_promptot(ctx: _Context) -> Table:
     md, num = _cols(D, {"variant": "method", "base_acc": "base", "novel_acc": "novel", "hm": "HM",
                         "zs_avg": "cross-task (ZS avg)", "ood_avg": "domain gen. (OOD avg)", "trainable_params": "trainable params"})
     if "trainable params" in md: md["trainable params"] = [_fmt(v, 0) for v in num["trainable_params"]]
-    return Table("promptot_base2novel", f"Prompt-OT's base-to-novel protocol: prompts trained on {int(D['shots'].iloc[0])} "
+    return Table("promptot_base2novel", f"Prompt-OT's base-to-novel protocol: prompts trained on {int(D['shots'].dropna().iloc[0])} "
                  f"shots of the base classes (the first half); accuracy (%) on base and novel test images with a head of "
                  f"their own classes and the harmonic mean; the same prompts on the zero-shot tasks and the OOD styles; "
-                 f"'no ot' is Prompt-OT with the OT weight at 0; seed {int(D['seed'].iloc[0])}.", md, num)
+                 f"'no ot' is Prompt-OT with the OT weight at 0; 'pre-trained' is the zero-shot model; seed {int(D['seed'].iloc[0])}.", md, num)
 
 def table_csaligner(ctx: _Context) -> Table:
     "CS-Aligner's setting: adapters on pairs, InfoNCE vs + CS, modality gap, unpaired data."
