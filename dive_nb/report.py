@@ -12,15 +12,15 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'PAPER_LABEL', 'TABLES', 'FIGURES', 'PAPER_TABLES',
-           'CORE_METHODS', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep',
-           'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot',
-           'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize', 'table_wise',
-           'table_lam', 'table_cost', 'table_significance', 'table_unified', 'save_figure', 'figure_geometry_rsa',
-           'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world', 'figure_diffvec_pca',
-           'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot',
-           'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'stage_durations', 'table_timing',
-           'build_report']
+__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'PAPER_LABEL', 'PAPER_OF', 'TABLES', 'FIGURES',
+           'PAPER_TABLES', 'CORE_METHODS', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records',
+           'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main',
+           'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize',
+           'table_wise', 'table_lam', 'table_cost', 'table_significance', 'method_setting', 'table_unified',
+           'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified',
+           'figure_world', 'figure_diffvec_pca', 'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot',
+           'table_mps_ablation', 'table_promptot', 'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap',
+           'stage_durations', 'table_timing', 'build_report']
 
 # %% ../nbs/30_report.ipynb #7d5749de
 PAPER_SOURCE = ("Suzuki et al., DiVE: Difference Vector Equalization, AAAI 2026, arXiv 2511.09973 "
@@ -302,7 +302,7 @@ class Table:
         self.csv.to_csv(csv_path, index=False, lineterminator="\n")
         return [md_path, csv_path]
 
-_TEXT_COLS = {"method", "source", "paper row", "paper analogue", "baseline", "set", "seeds"}
+_TEXT_COLS = {"method", "source", "paper row", "paper analogue", "baseline", "set", "seeds", "paper", "trains", "variant", "setting", "group"}
 
 class _Skip(Exception):
     "A table or figure whose inputs do not exist yet."
@@ -664,13 +664,37 @@ def table_significance(ctx: _Context, target: str = "dive") -> Table:
                   "set. p = 2·(1 + #replicates on the far side of 0)/(B + 1), capped at 1; no multiple-comparison "
                   "correction."])
 
+PAPER_OF = {"dive": "DiVE", "dive_avl": "DiVE", "dive_pvl": "DiVE", "dive_alpha0": "DiVE", "dive_cos": "DiVE",
+            "m2mix": "m²-mix", "mps": "MPS-Tuning", "promptot": "Prompt-OT", "coop": "Prompt-OT (baseline)",
+            "csaligner": "CS-Aligner"}
+
+def method_setting(method: str) -> str:
+    "What a method trains, in words (from its registration: the parts of its last phase)."
+    import dive_nb.other_methods  # registers the other papers' methods
+    from dive_nb.methods import METHODS
+    m = METHODS.get(method)
+    if m is None: return ""
+    if m.base is not None: return f"weights of {m.base} interpolated with the pre-trained ones"
+    if not m.phases: return "none (the pre-trained model)"
+    parts = tuple(m.phases[-1].train)
+    words = {("head",): "linear head (frozen encoders)", ("visual", "head"): "image encoder + head",
+             ("visual", "text"): "both encoders, ID images + class-prompt captions", ("mps",): "MPS branch of the image tower (PEFT)",
+             ("prompts",): "prompt tokens (frozen encoders)", ("adapters",): "output adapters (frozen encoders)"}
+    w = words.get(parts, " + ".join(parts))
+    return ("linear head, then " + w) if len(m.phases) > 1 and m.phases[0].train == ("head",) else w
+
 def table_unified(ctx: _Context) -> Table:
-    "Every method: ID, OOD avg, ZS avg, RSA, image-to-text R@1, trainable parameters."
+    "Every method: ID, OOD avg, ZS avg, RSA, image-to-text R@1, trainable parameters, and what it trains."
     M = ctx.need()
     md, num = _stats(M, [*_ACC, "geometry.rsa", "retrieval.i2t_r1", "trainable_params"])
     md["trainable params"] = [_fmt(v, 0) for v in num["trainable_params_mean"]]  # the same for every seed
-    return Table("unified", f"Every method in one table. Accuracy (%), RSA, image-to-text retrieval R@1 (%) and "
-                 f"trainable parameters, mean ± std over {_seeds(M)} (figure unified_id_vs_zs.png).", md, num)
+    md.insert(1, "paper", [PAPER_OF.get(m, "baseline") for m in md["method"]])
+    md.insert(2, "trains", [method_setting(m) for m in md["method"]])
+    num.insert(1, "paper", md["paper"]); num.insert(2, "trains", md["trains"])
+    return Table("unified", f"Every method of the five papers under the DiVE protocol (fine-tuning on the ID task, "
+                 f"evaluated on ID, OOD styles, zero-shot tasks, retrieval and geometry). Accuracy (%), RSA, image-to-text "
+                 f"retrieval R@1 (%) and trainable parameters, mean ± std over {_seeds(M)}; 'trains' says which "
+                 f"parameters each method updates (figure unified_id_vs_zs.png).", md, num)
 
 TABLES = {"main": table_main, "zeroshot": table_zeroshot, "geometry": table_geometry, "ablation": table_ablation,
           "alpha": table_alpha, "cosine": table_cosine, "refsize": table_refsize, "wise": table_wise,
