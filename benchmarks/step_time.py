@@ -38,7 +38,8 @@ def _bare(clip, imgs, tokens, steps, prepare, dev) -> float:
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         if dev.type == "cuda": torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return sum(times[2:]) / max(1, len(times) - 2)
+    timed = times[2:] or times  # skip two warm-up steps when there are more
+    return sum(timed) / len(timed)
 
 
 def _one(a) -> dict:
@@ -129,7 +130,8 @@ def main(argv=None) -> int:
     print(f"{'method':12s} {'s/step':>8s} {'img/s':>8s} {'peak MB':>9s} {'mem':>6s} {'time':>6s}")
     for r in rows:
         r["time_ratio"], r["mem_ratio"] = r["sec_per_step"] / f["sec_per_step"], r["peak_mb"] / f["peak_mb"]
-        print(f"{r['method']:12s} {r['sec_per_step']:8.4f} {a.batch / r['sec_per_step']:8.0f} {r['peak_mb']:9.0f} "
+        ips = a.batch / r["sec_per_step"] if r["sec_per_step"] > 0 else float("nan")
+        print(f"{r['method']:12s} {r['sec_per_step']:8.4f} {ips:8.0f} {r['peak_mb']:9.0f} "
               f"{r['mem_ratio']:5.2f}x {r['time_ratio']:5.2f}x")
     b = next((r for r in rows if r["method"] == "bare"), None)
     if b is not None:

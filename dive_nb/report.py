@@ -13,14 +13,14 @@ import torch
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'PAPER_LABEL', 'PAPER_OF', 'TABLES', 'FIGURES',
-           'PAPER_TABLES', 'CORE_METHODS', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records',
-           'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main',
-           'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize',
-           'table_wise', 'table_lam', 'table_cost', 'table_significance', 'method_setting', 'table_unified',
-           'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified',
-           'figure_world', 'figure_diffvec_pca', 'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot',
-           'table_mps_ablation', 'table_promptot', 'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap',
-           'stage_durations', 'table_timing', 'build_report']
+           'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS', 'paper_value', 'paper_cost_ratio', 'method_order',
+           'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table',
+           'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine',
+           'table_refsize', 'table_wise', 'table_lam', 'table_cost', 'table_significance', 'method_setting',
+           'table_unified', 'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep',
+           'figure_unified', 'figure_world', 'figure_diffvec_pca', 'figure_embedding_geometry', 'table_m2mix',
+           'table_mps_fewshot', 'table_mps_ablation', 'table_promptot', 'table_csaligner', 'figure_mps_fewshot',
+           'figure_csaligner_gap', 'stage_durations', 'table_timing', 'build_report']
 
 # %% ../nbs/30_report.ipynb #7d5749de
 PAPER_SOURCE = ("Suzuki et al., DiVE: Difference Vector Equalization, AAAI 2026, arXiv 2511.09973 "
@@ -1024,6 +1024,7 @@ PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base
 TABLES.update({"m2mix_retrieval": table_m2mix, "mps_fewshot": table_mps_fewshot, "mps_ablation": table_mps_ablation,
                "promptot_base2novel": table_promptot, "csaligner": table_csaligner})
 FIGURES.update({"mps_fewshot": figure_mps_fewshot, "csaligner_gap": figure_csaligner_gap})
+PAPER_FIGURES = ("mps_fewshot", "csaligner_gap")  # need metrics/<profile>/papers/ (PAPER_TABLES: theirs and the timing)
 
 
 # %% ../nbs/30_report.ipynb #55059838

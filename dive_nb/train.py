@@ -173,7 +173,7 @@ def train(
     if cfg.progress and total > done and rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, initial=done, desc=method.name, leave=False, file=sys.stderr)
-    t_steps, n_timed = 0.0, 0
+    t_steps, n_timed, t_all = 0.0, 0, 0.0
     for pi in range(start_phase, len(method.phases)):
         phase, T = method.phases[pi], phase_steps[pi]
         params = model.set_trainable(phase.train)
@@ -208,7 +208,8 @@ def train(
                 mb = lambda x: x.view(world, A, -1)[:, a]
                 if "id" in batch:
                     (ii, tt, yy), full = (mb(x)[rank] for x in batch["id"]), mb(batch["id"][0]).reshape(-1)
-                    ctx.id_images, ctx.id_labels = prepare(id_train.images[ii]).to(device), yy.to(device)
+                    # labels of the global micro-batch (the terms see gathered features); images and captions: this shard
+                    ctx.id_images, ctx.id_labels = prepare(id_train.images[ii]).to(device), mb(batch["id"][2]).reshape(-1).to(device)
                     ctx.id_prompt_tokens = prompt_tokens[tt, yy].to(device)
                     ctx.id_index = full
                 if "ref" in batch:
@@ -241,6 +242,7 @@ def train(
             if step % cfg.log_every == 0 or step == T - 1:
                 log.append({"phase": pi, "step": step, "lr": sched.get_last_lr()[0], **parts})
             dt = time.perf_counter() - t0
+            t_all += dt
             if step - s0 >= 2: t_steps += dt; n_timed += 1  # skip warm-up steps of the process
             if bar is not None: bar.update(1); bar.set_postfix(loss=f"{parts['loss']:.3f}")
             last = (pi == len(method.phases) - 1 and step == T - 1)
@@ -252,7 +254,7 @@ def train(
         resumed = None
     if bar is not None: bar.close()
     model.eval()
-    res = {"log": log, "sec_per_step": t_steps / max(1, n_timed), "peak_rss_mb": _peak_rss_mb(), "steps": total}
+    res = {"log": log, "sec_per_step": t_steps / n_timed if n_timed else t_all / max(1, total - done), "peak_rss_mb": _peak_rss_mb(), "steps": total}
     if out is not None:
         _save_atomic(model.state_dict(), out / "model.pt")
         (out / "train_log.json").write_text(json.dumps(res, indent=1))
