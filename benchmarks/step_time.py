@@ -7,7 +7,7 @@ on what the weights are. Prints one line per method, ending with its time ratio 
 
     python benchmarks/step_time.py                       # tiny model, CPU, the mini profile's batch sizes
     python benchmarks/step_time.py --methods flyp dive --steps 30 --threads 1
-    python benchmarks/step_time.py --params params.yaml  # the pipeline's tiny model (the `cost` stage)
+    python benchmarks/step_time.py --params params.yaml --repeats 3  # the pipeline's tiny model (the `cost` stage)
     python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 512 --device cuda   # GPU only
 
 `bare` is a plain open_clip forward + backward + AdamW step of the same model on the ID batch (images and
@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over the methods; the median of each is reported")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -118,15 +119,23 @@ def main(argv=None) -> int:
     if a.ref_batch: base += ["--ref-batch", str(a.ref_batch)]
     if a.params: base += ["--params", a.params]
     if a.threads: base += ["--threads", str(a.threads)]
-    for m in a.methods:
-        out = subprocess.run(base + ["--one", m], capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr); return out.returncode
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs = {m: [] for m in a.methods}
+    for _ in range(a.repeats):  # rounds over every method, so that slow drifts of the machine hit all of them alike
+        for m in a.methods:
+            out = subprocess.run(base + ["--one", m], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr, file=sys.stderr); return out.returncode
+            runs[m].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    import statistics
+    for m, rs in runs.items():  # the median step time and the median peak memory over the rounds
+        rows.append({**rs[0], "sec_per_step": statistics.median(r["sec_per_step"] for r in rs),
+                     "peak_mb": statistics.median(r["peak_mb"] for r in rs),
+                     "sec_per_step_runs": [r["sec_per_step"] for r in rs], "repeats": len(rs)})
     f = next(r for r in rows if r["method"] == "flyp")
     import platform
     print(f"device: {a.device} ({platform.processor() or platform.machine()}), model {rows[0].get('model', a.model)}, {a.image_size}px, "
-          f"ID batch {a.batch}, reference batch {a.ref_batch or max(1, a.batch // 4)}, {a.steps} steps, threads {a.threads}")
+          f"ID batch {a.batch}, reference batch {a.ref_batch or max(1, a.batch // 4)}, {a.steps} steps, threads {a.threads}, "
+          f"median of {a.repeats} round(s)")
     print(f"{'method':12s} {'s/step':>8s} {'img/s':>8s} {'peak MB':>9s} {'mem':>6s} {'time':>6s}")
     for r in rows:
         r["time_ratio"], r["mem_ratio"] = r["sec_per_step"] / f["sec_per_step"], r["peak_mb"] / f["peak_mb"]
