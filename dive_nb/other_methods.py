@@ -205,11 +205,12 @@ def _csa_base(ctx: StepContext, which: str, x: torch.Tensor, key: str) -> torch.
     return _memo(ctx, key, run)
 
 
-def _csa_pair(ctx: StepContext) -> tuple:
-    "Adapted, normalised ID image and class-prompt caption embeddings (a fresh adapter graph on every call)."
+def _csa_pair(ctx: StepContext, batch: str = "id") -> tuple:
+    "Adapted, normalised image and caption embeddings of the ID batch (class-prompt captions) or the reference pairs."
     ad = ctx.model.state["adapters"]
-    bi = _csa_base(ctx, "image", ctx._need(ctx.id_images, "id_images"), "csa_id_img")
-    bt = _csa_base(ctx, "text", ctx._need(ctx.id_prompt_tokens, "id_prompt_tokens"), "csa_id_txt")
+    x, t = ("id_images", "id_prompt_tokens") if batch == "id" else ("ref_images", "ref_tokens")
+    bi = _csa_base(ctx, "image", ctx._need(getattr(ctx, x), x), f"csa_{batch}_img")
+    bt = _csa_base(ctx, "text", ctx._need(getattr(ctx, t), t), f"csa_{batch}_txt")
     return ctx.gather(F.normalize(ad["image"](bi), dim=-1)), ctx.gather(F.normalize(ad["text"](bt), dim=-1))
 
 

@@ -16,7 +16,7 @@ from .models import create_model, prepare_images
 from .evaluate import evaluate, encode, text_head, accuracy
 from .train import class_prompt_tokens
 from .experiment import Context, finetune, resolve_run, provenance, _model_name, _rounded
-from .other_methods import (_csa_base, _hp, _replace, _setup_csa, _CSA_HP, few_shot_split, base_novel_split,
+from .other_methods import (_csa_pair, _hp, _replace, _setup_csa, _CSA_HP, few_shot_split, base_novel_split,
                                    subsample_classes, harmonic_mean, expected_calibration_error)
 from .methods import FineTuneModel
 
@@ -42,21 +42,14 @@ def unpaired_precompute(
     return {"unp_img": img, "unp_txt": txt}
 
 
-def _csa_ref_pair(ctx: StepContext) -> tuple:
-    ad = ctx.model.state["adapters"]
-    bi = _csa_base(ctx, "image", ctx._need(ctx.ref_images, "ref_images"), "csa_ref_img")
-    bt = _csa_base(ctx, "text", ctx._need(ctx.ref_tokens, "ref_tokens"), "csa_ref_txt")
-    return ctx.gather(F.normalize(ad["image"](bi), dim=-1)), ctx.gather(F.normalize(ad["text"](bt), dim=-1))
-
-
 def _csa_nce_pairs(ctx: StepContext) -> torch.Tensor:
-    img, txt = _csa_ref_pair(ctx)
+    img, txt = _csa_pair(ctx, "ref")
     return clip_loss(img, txt, ctx.model.scale)
 
 
 def _csa_cs_pairs(ctx: StepContext) -> torch.Tensor:
     ad = ctx.model.state["adapters"]
-    img, txt = _csa_ref_pair(ctx)
+    img, txt = _csa_pair(ctx, "ref")
     imgs, txts = [img], [txt]
     if "unp_img" in ctx.cache:
         dev = img.device

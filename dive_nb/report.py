@@ -879,13 +879,21 @@ def figure_embedding_geometry(ctx: _Context, n_lines: int = 30):
     "2-D PCA (the pre-trained model's axes) of the probe image and text embeddings before and after fine-tuning."
     pre, got = _probe_triplet(ctx)
     panels = {"pre-trained (zeroshot)": pre, **{f"{m} (seed {s})": e for m, (s, e) in got.items()}}
-    comps = _pca_basis(np.concatenate(pre))
+    return _pair_panels(panels, _pca_basis(np.concatenate(pre)), None, n_lines)
+
+def _pair_panels(
+    panels: dict,  # title -> (image embeddings, text embeddings), rows paired
+    comps: np.ndarray,  # (2, d) projection axes
+    mu: np.ndarray | None = None,  # common centre (None: each panel's own image + text mean)
+    n_lines: int = 30,  # pairs joined by a line
+):
+    "One panel per embedding set: images and texts projected on two axes, the first pairs joined."
     with _style():
         fig, axes = _figure(ncols=len(panels), width=3.0, height=3.0, sharex=True, sharey=True)
         c_img, c_txt = _palette(2)
         for ax, (name, (im, tx)) in zip(axes, panels.items()):
-            mu = np.concatenate([im, tx]).mean(0)
-            pi, pt = (im - mu) @ comps.T, (tx - mu) @ comps.T
+            m = np.concatenate([im, tx]).mean(0) if mu is None else mu
+            pi, pt = (im - m) @ comps.T, (tx - m) @ comps.T
             k = min(n_lines, len(pi))
             ax.plot(np.stack([pi[:k, 0], pt[:k, 0]]), np.stack([pi[:k, 1], pt[:k, 1]]), color="0.7", lw=0.5)
             ax.scatter(pi[:, 0], pi[:, 1], s=6, alpha=0.7, color=c_img, label="image")
@@ -1004,21 +1012,8 @@ def figure_csaligner_gap(ctx: _Context, n_lines: int = 30):
         e = torch.load(p, weights_only=True)
         gap = D.loc[D["name"] == name, "geometry.modality_gap"]
         panels[f"{title}: gap {float(gap.iloc[0]):.2f}" if len(gap) else title] = (e["probe_img"].numpy(), e["probe_txt"].numpy())
-    pre = next(iter(panels.values()))
-    comps = _pca_basis(np.concatenate(pre))
-    mu = np.concatenate(pre).mean(0)
-    with _style():
-        fig, axes = _figure(ncols=len(panels), width=3.0, height=3.0, sharex=True, sharey=True)
-        c_img, c_txt = _palette(2)
-        for ax, (name, (im, tx)) in zip(axes, panels.items()):
-            pi, pt = (im - mu) @ comps.T, (tx - mu) @ comps.T
-            k = min(n_lines, len(pi))
-            ax.plot(np.stack([pi[:k, 0], pt[:k, 0]]), np.stack([pi[:k, 1], pt[:k, 1]]), color="0.7", lw=0.5)
-            ax.scatter(pi[:, 0], pi[:, 1], s=6, alpha=0.7, color=c_img, label="image")
-            ax.scatter(pt[:, 0], pt[:, 1], s=8, alpha=0.7, marker="x", color=c_txt, label="text")
-            ax.set_title(name, fontsize=8); ax.set_xlabel("PC 1 (pre-trained)")
-        axes[0].set_ylabel("PC 2 (pre-trained)"); axes[0].legend(fontsize=7)
-    return fig
+    pre = np.concatenate(next(iter(panels.values())))
+    return _pair_panels(panels, _pca_basis(pre), pre.mean(0), n_lines)  # one centre: the gap's shift stays visible
 
 PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing")
 TABLES.update({"m2mix_retrieval": table_m2mix, "mps_fewshot": table_mps_fewshot, "mps_ablation": table_mps_ablation,
