@@ -19,7 +19,7 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
 # %% auto #0
 __all__ = ['load_params', 'apply_variant', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher',
            'profile_paths', 'resolve_device', 'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run',
-           'finetune_many', 'sweep_runs', 'run_sweep', 'main']
+           'worker_context', 'map_in_workers', 'finetune_many', 'sweep_runs', 'run_sweep', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -329,11 +329,28 @@ def _worker_init(params, world, pretrained, teacher):
     torch.set_num_threads(1)
     _WORKER.update(args=(params, world, pretrained, teacher), ctx={})
 
+def worker_context(reference_size: int | None = None) -> Context:
+    "Inside `map_in_workers`: this worker's Context (kept for the last reference-set size asked for, to bound memory)."
+    if reference_size not in _WORKER["ctx"]:
+        _WORKER["ctx"] = {reference_size: Context(*_WORKER["args"], reference_size=reference_size)}
+    return _WORKER["ctx"][reference_size]
+
+def map_in_workers(
+    fn,  # an importable function of one item; it may call `worker_context()`
+    items: list,
+    params: dict, world, pretrained, teacher,  # what every worker's Context is built from
+    workers: int,  # spawned processes, one thread each
+) -> list:
+    "`[fn(x) for x in items]` in `workers` spawned processes that share one Context recipe."
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(params, str(world), str(pretrained), str(teacher))) as ex:
+        return list(ex.map(fn, items))
+
 def _worker_finetune(job):
     method, seed, run_dir, overrides, ref_size = job
-    if ref_size not in _WORKER["ctx"]:  # one Context per reference-set size, built once per worker
-        _WORKER["ctx"] = {ref_size: Context(*_WORKER["args"], reference_size=ref_size)}
-    finetune(_WORKER["ctx"][ref_size], method, seed, run_dir, overrides)
+    finetune(worker_context(ref_size), method, seed, run_dir, overrides)
     return str(run_dir)
 
 def finetune_many(
@@ -350,11 +367,7 @@ def finetune_many(
             if r not in ctxs: ctxs[r] = Context(params, world, pretrained, teacher, reference_size=r)
             finetune(ctxs[r], m, s, d, o)
         return [j[2] for j in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(params, str(world), str(pretrained), str(teacher))) as ex:
-        return list(ex.map(_worker_finetune, jobs))
+    return map_in_workers(_worker_finetune, jobs, params, world, pretrained, teacher, workers)
 
 
 # %% ../nbs/23_experiment.ipynb #e694107b

@@ -15,7 +15,8 @@ from .losses.cs import cs_divergence
 from .models import create_model, prepare_images
 from .evaluate import evaluate, encode, text_head, accuracy
 from .train import class_prompt_tokens
-from .experiment import Context, finetune, resolve_run, provenance, _model_name, _rounded
+from .experiment import (Context, finetune, resolve_run, provenance, map_in_workers, worker_context, _model_name,
+                                _rounded)
 from .other_methods import (_csa_pair, _hp, _replace, _setup_csa, _CSA_HP, few_shot_split, base_novel_split,
                                    subsample_classes, harmonic_mean, expected_calibration_error)
 from .methods import FineTuneModel
@@ -226,15 +227,9 @@ def experiment_runs(
     return runs
 
 # %% ../nbs/26_paper_experiments.ipynb #6afd56b4
-_W = {}
-
-def _init(params, paths):
-    torch.set_num_threads(1)
-    _W.update(ctx=Context(params, *paths))
-
 def _job(args):
     spec, runs_dir, preds_dir = args
-    return run_one(_W["ctx"], spec, runs_dir, preds_dir)
+    return run_one(worker_context(), spec, runs_dir, preds_dir)
 
 def run_experiment(
     params: dict, exp: str, world, pretrained, teacher,
@@ -251,11 +246,7 @@ def run_experiment(
         ctx = Context(params, world, pretrained, teacher)
         rows = [run_one(ctx, *a) for a in args]
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(min(w, len(args)), mp_context=mp.get_context("spawn"), initializer=_init,
-                                 initargs=(params, (str(world), str(pretrained), str(teacher)))) as ex:
-            rows = list(ex.map(_job, args))
+        rows = map_in_workers(_job, args, params, world, pretrained, teacher, w)
     if out is not None:
         p = Path(out); p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps({"experiment": exp, "rows": rows, "params": (params.get("papers") or {}).get(exp),
