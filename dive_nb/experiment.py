@@ -225,9 +225,9 @@ def _record(ctx: Context, method, seed, cfg, model, classifier, extra=None) -> t
     return rec, per
 
 def _rounded(x, nd: int = 4):
-    "Floats rounded for readable records (accuracies in percent keep 4 decimals)."
+    "Metric floats rounded for readable records (accuracies in percent keep 4 decimals); a `config` is kept exact."
     if isinstance(x, float): return round(x, nd)
-    if isinstance(x, dict): return {k: _rounded(v, nd) for k, v in x.items()}
+    if isinstance(x, dict): return {k: v if k == "config" else _rounded(v, nd) for k, v in x.items()}
     if isinstance(x, list): return [_rounded(v, nd) for v in x]
     return x
 

@@ -21,11 +21,11 @@ from PIL import ImageDraw, ImageFilter
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'COLOUR_RGB', 'BACKGROUND_RGB', 'STYLES', 'STYLE_ROLES', 'VISIBLE', 'NUISANCES', 'SIZE_FRAC',
            'POSITION_FRAC', 'ROTATIONS', 'PHOTO_ROTATIONS', 'RESAMPLED_ROTATIONS', 'NOISE_SIGMA', 'N_NOISE_FIELDS',
-           'STYLE_PREFIX', 'SIZE_WORDS', 'TEXTURE_ADJ', 'TEXTURE_POST', 'POSITION_POST', 'BACKGROUND_WORDS',
-           'BACKGROUND_POST', 'COLOUR_POST', 'P_NAME', 'TASKS', 'SPLITS_WITH_HOLDOUT', 'WORLD_BUILD_HINT',
-           'sample_attributes', 'render', 'make_captions', 'Task', 'fill_template', 'vocabulary', 'WorldConfig',
-           'split_rng', 'encode_images', 'make_split', 'build_world', 'world_config', 'save_world', 'load_world',
-           'split_tensors', 'sample_batch']
+           'CUE_TEXTURE', 'CUE_BACKGROUND', 'STYLE_PREFIX', 'SIZE_WORDS', 'TEXTURE_ADJ', 'TEXTURE_POST',
+           'POSITION_POST', 'BACKGROUND_WORDS', 'BACKGROUND_POST', 'COLOUR_POST', 'P_NAME', 'TASKS',
+           'SPLITS_WITH_HOLDOUT', 'SPLITS_WITH_CUES', 'WORLD_BUILD_HINT', 'sample_attributes', 'render',
+           'make_captions', 'Task', 'fill_template', 'vocabulary', 'WorldConfig', 'split_rng', 'encode_images',
+           'make_split', 'build_world', 'world_config', 'save_world', 'load_world', 'split_tensors', 'sample_batch']
 
 # %% ../nbs/10_miniworld.ipynb #201e03ad
 ATTRIBUTES: dict[str, list[str]] = {
@@ -194,6 +194,12 @@ def _bank(size: int) -> dict:
     return out
 
 # %% ../nbs/10_miniworld.ipynb #a4b3e090
+# Each shape's cue: a (texture, background) pair, distinct for every shape (used when `cue_prob` > 0).
+CUE_TEXTURE = np.arange(len(ATTRIBUTES["shape"])) % len(ATTRIBUTES["texture"])
+CUE_BACKGROUND = (np.arange(len(ATTRIBUTES["shape"])) // len(ATTRIBUTES["texture"])
+                  + np.arange(len(ATTRIBUTES["shape"]))) % len(ATTRIBUTES["background"])
+
+
 def _style_probs(styles) -> np.ndarray:
     "Normalise a style spec (None, a name, a list of names, or a dict name -> weight) to probabilities over STYLES."
     if styles is None:
@@ -215,8 +221,9 @@ def sample_attributes(
     rng: np.random.Generator,  # the only source of randomness
     styles=None,  # None (photo), a style name, a list of names (uniform), a dict name -> weight, or an int array of n style ids
     exclude_pairs=None,  # optional (shape, colour) name pairs that never occur (their colour is redrawn)
+    cue_prob: float = 0.0,  # probability that an image's texture and background are its shape's cue (CUE_TEXTURE, CUE_BACKGROUND)
 ) -> dict[str, np.ndarray]:  # int64 index per attribute, `style`, and the nuisance arrays (see NUISANCES)
-    "Draw n independent, uniform attribute tuples plus a style and nuisance values (all the renderer needs)."
+    "Draw n uniform attribute tuples (independent unless `cue_prob` > 0) plus a style and nuisance values (all the renderer needs)."
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     n = int(n)
@@ -244,6 +251,12 @@ def sample_attributes(
         while bad.any():  # rejection sampling, vectorised over the offending rows
             out["colour"][bad] = rng.integers(0, len(co), int(bad.sum()))
             bad = banned[out["shape"], out["colour"]]
+    if not 0.0 <= float(cue_prob) <= 1.0:
+        raise ValueError(f"cue_prob: expected a probability in [0, 1], got {cue_prob!r}")
+    if cue_prob > 0:  # ImageNet-like context: the class's texture and background come with it (no draws when 0)
+        tie = rng.random(n) < cue_prob
+        out["texture"] = np.where(tie, CUE_TEXTURE[out["shape"]], out["texture"])
+        out["background"] = np.where(tie, CUE_BACKGROUND[out["shape"]], out["background"])
     # Nuisances: photo-like distribution, and the shifted one for the `resampled` style.
     res = out["style"] == STYLES.index("resampled")
     out["rotation"] = np.where(res, rng.choice(RESAMPLED_ROTATIONS, n), rng.choice(PHOTO_ROTATIONS, n))
@@ -501,6 +514,7 @@ class WorldConfig:
     n_probe: int = 600  # equal numbers per style (geometry metrics)
     pretrain_photo_frac: float = 0.5  # share of photo in pretrain / reference / retrieval; rest spread over shifted styles
     holdout_pairs: tuple = ()  # optional (shape, colour) pairs never rendered in pretrain / reference / retrieval
+    id_cue_prob: float = 0.0  # ImageNet-like context: in the ID splits and `resampled`, texture and background follow the shape with this probability
 
     @classmethod
     def smoke(cls, **kw) -> "WorldConfig":
@@ -517,6 +531,8 @@ class WorldConfig:
                 raise ValueError(f"WorldConfig.{f.name}: expected an int >= 0, got {v!r}")
         if not 0.0 <= self.pretrain_photo_frac <= 1.0:
             raise ValueError(f"WorldConfig.pretrain_photo_frac: expected a value in [0, 1], got {self.pretrain_photo_frac}")
+        if not 0.0 <= self.id_cue_prob <= 1.0:
+            raise ValueError(f"WorldConfig.id_cue_prob: expected a probability in [0, 1], got {self.id_cue_prob}")
         self.holdout_pairs = tuple(tuple(p) for p in self.holdout_pairs)
 
     def mixed_styles(self) -> dict[str, float]:
@@ -538,6 +554,7 @@ class WorldConfig:
 
 
 SPLITS_WITH_HOLDOUT = ("pretrain", "reference", "retrieval")
+SPLITS_WITH_CUES = ("id_train", "id_val", "id_test", "ood_resampled")  # ImageNet and its re-sampled test set share its context
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:
@@ -572,10 +589,11 @@ def make_split(
     image_size: int = 32,  # pixels per side
     exclude_pairs=None,  # (shape, colour) pairs to leave out
     description: str = "",  # stored in the split's DatasetInfo (build_world puts the config there)
+    cue_prob: float = 0.0,  # probability that texture and background follow the shape (see sample_attributes)
 ):
     "One `datasets.Dataset` split: sample attributes, render, caption, store the images as PPM bytes."
     import datasets as hfd
-    a = sample_attributes(n, rng, styles=styles, exclude_pairs=exclude_pairs)
+    a = sample_attributes(n, rng, styles=styles, exclude_pairs=exclude_pairs, cue_prob=cue_prob)
     imgs = render(a, image_size)
     caps = make_captions(a, rng)
     # Build the Arrow table directly (Dataset.from_dict encodes value by value: ~4x slower here).
@@ -600,7 +618,8 @@ def build_world(cfg: WorldConfig | None = None):  # -> datasets.DatasetDict
     out, desc = {}, json.dumps({"dive_nb_world_config": dataclasses.asdict(cfg)})
     for name, (n, styles) in cfg.splits().items():
         hold = cfg.holdout_pairs if name in SPLITS_WITH_HOLDOUT else None
-        out[name] = make_split(n, split_rng(cfg.seed, name), styles, cfg.image_size, hold, desc)
+        cue = cfg.id_cue_prob if name in SPLITS_WITH_CUES else 0.0
+        out[name] = make_split(n, split_rng(cfg.seed, name), styles, cfg.image_size, hold, desc, cue)
     return hfd.DatasetDict(out)
 
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, re
 from pathlib import Path
-from .experiment import Context, run, load_params
+from .experiment import Context, finetune_many, evaluate_run, load_params
 from .methods import get_method
 
 # %% auto #0
@@ -27,6 +27,11 @@ def choose_weight(
     return max(ok) if ok else min(val_acc)
 
 # %% ../nbs/24_selection.ipynb #1ab35364
+def _scores(ctx: Context, world, jobs: list, workers: int) -> list[float]:
+    "ID validation accuracy of each (method, seed, run_dir, overrides) job: trained `workers` at a time, then evaluated."
+    finetune_many(ctx.params, world, ctx.pretrained, ctx.teacher_dir, jobs, workers=workers, ctx=ctx)
+    return [evaluate_run(ctx, m, s, d, overrides=o)["id_val_acc"] for m, s, d, o in jobs]
+
 def select(
     params: dict, world, pretrained, teacher,
     out: str | Path,  # runs go to out/<method>-<lr or weight>
@@ -36,30 +41,32 @@ def select(
     sel = params.get("select") or {}
     lrs, weights = sel.get("lr", [2.5e-4, 5e-4, 1e-3]), sel.get("weight", [0.3, 1.0, 3.0, 10.0])
     tol, seed = float(sel.get("tolerance", 1.0)), int(sel.get("seed", 0))
+    workers = int(params.get("workers", 1))
     ctx, rows, chosen, out = Context(params, world, pretrained, teacher), [], {}, Path(out)
     want = set(methods or [m for g in LR_GROUPS.values() for m in g])
+    bases = [b for b, members in LR_GROUPS.items() if want & set(members)]
+    # 1. learning rates: every base objective at every lr (trained side by side), the best ID validation accuracy wins
+    jobs = [(b, seed, out / f"{b}-lr{lr:g}", {"lr": float(lr)}) for b in bases for lr in lrs]
+    acc = dict(zip([(j[0], j[3]["lr"]) for j in jobs], _scores(ctx, world, jobs, workers)))
     best_acc = {}
-    for base, members in LR_GROUPS.items():
-        if not want & set(members): continue
-        accs = {}
+    for b in bases:
         for lr in lrs:
-            r = run(ctx, base, seed, out / f"{base}-lr{lr:g}", overrides={"lr": float(lr)})
-            accs[lr] = r["id_val_acc"]
-            rows.append({"method": base, "knob": "lr", "value": lr, "id_val_acc": r["id_val_acc"]})
-            print(f"select {base} lr={lr:g}: ID val {r['id_val_acc']:.1f}", flush=True)
-        lr = max(accs, key=accs.get)
-        best_acc[base] = accs[lr]
-        for m in members:
+            rows.append({"method": b, "knob": "lr", "value": lr, "id_val_acc": acc[b, float(lr)]})
+            print(f"select {b} lr={lr:g}: ID val {acc[b, float(lr)]:.1f}", flush=True)
+        lr = max(lrs, key=lambda v: acc[b, float(v)])
+        best_acc[b] = acc[b, float(lr)]
+        for m in LR_GROUPS[b]:
             if m in want: chosen.setdefault(m, {})["lr"] = float(lr)
-    for m, knob in WEIGHTED.items():
-        if m not in want: continue
-        accs = {}
-        for w in weights:
-            r = run(ctx, m, seed, out / f"{m}-{knob}{w:g}", overrides={knob: float(w), "lr": chosen[m]["lr"]})
-            accs[float(w)] = r["id_val_acc"]
-            rows.append({"method": m, "knob": knob, "value": w, "id_val_acc": r["id_val_acc"]})
-            print(f"select {m} {knob}={w:g}: ID val {r['id_val_acc']:.1f}", flush=True)
-        chosen[m][knob] = choose_weight(accs, best_acc["flyp"], tol)
+    # 2. regulariser weights at the group's lr: the largest within `tolerance` of FLYP's ID validation accuracy
+    wm = [(m, k) for m, k in WEIGHTED.items() if m in want]
+    jobs = [(m, seed, out / f"{m}-{k}{w:g}", {k: float(w), "lr": chosen[m]["lr"]}) for m, k in wm for w in weights]
+    acc = dict(zip([(j[0], j[2].name) for j in jobs], _scores(ctx, world, jobs, workers))) if jobs else {}
+    for m, k in wm:
+        accs = {float(w): acc[m, f"{m}-{k}{w:g}"] for w in weights}
+        for w, a in accs.items():
+            rows.append({"method": m, "knob": k, "value": w, "id_val_acc": a})
+            print(f"select {m} {k}={w:g}: ID val {a:.1f}", flush=True)
+        chosen[m][k] = choose_weight(accs, best_acc["flyp"], tol)
     for m, src in INHERIT.items():
         if m in want and src in chosen: chosen[m]["lam"] = chosen[src]["lam"]
     return chosen, rows

@@ -169,6 +169,9 @@ def train(
     n_id, n_tpl = len(id_train), prompt_tokens.shape[0]
     total = sum(phase_steps)
     done = sum(phase_steps[:start_phase]) + start_step
+    if done >= total and out is not None and (out / "train_log.json").is_file() and (out / "model.pt").is_file():
+        model.eval()  # a finished run: the checkpoint holds its final weights; its log and timing stay as written
+        return json.loads((out / "train_log.json").read_text())
     bar = None
     if cfg.progress and total > done and rank == 0:
         from tqdm.auto import tqdm
