@@ -44,9 +44,10 @@ def _by_seed(df: pd.DataFrame, method: str, col: str) -> pd.Series:
     return d.set_index("seed")[col].astype(float)
 
 def wise_ood(df: pd.DataFrame, method: str = "ft") -> pd.DataFrame:
-    "The WiSE-FT curve of `method` recorded with its runs: OOD average per alpha (rows) and seed (columns)."
+    "The WiSE-FT curve of `method` recorded with its runs (or by `wiseft`, which records ft's): OOD average per alpha and seed."
     d = df[df["method"] == method]
-    if "curve" not in d or d["curve"].isna().any():
+    if ("curve" not in d or d["curve"].isna().any()) and method == "ft": d = df[df["method"] == "wiseft"]
+    if "curve" not in d or d["curve"].isna().any() or not len(d):
         raise ValueError(f"the {method} records carry no WiSE-FT curve (evaluate them with wise=True)")
     return pd.DataFrame({s: {c["alpha"]: c["ood_avg"] for c in cur} for s, cur in zip(d["seed"], d["curve"])})
 

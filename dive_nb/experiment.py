@@ -283,9 +283,11 @@ def evaluate_run(
         base_dir = Path(base_dir) if base_dir is not None else run_dir.parent / f"{meth.base}-{seed}"
         if not (base_dir / "model.pt").exists():
             raise FileNotFoundError(f"{method} needs the {meth.base!r} run of seed {seed} at {base_dir} (run it first)")
-        ft = torch.load(base_dir / "model.pt", weights_only=True)
-        extra["curve"] = wise_curve(ctx, ft, "head")
-        model.load_state_dict(interpolate_weights(ctx.model().state_dict(), ft, float(meth.hparams["alpha"])))
+        pre = ctx.model().state_dict()
+        # the base method's own state (DiVE's EMA centre) is not part of the pre-trained model: shared keys only
+        ft = {k: v for k, v in torch.load(base_dir / "model.pt", weights_only=True).items() if k in pre}
+        extra["curve"] = wise_curve(ctx, ft, meth.classifier)
+        model.load_state_dict(interpolate_weights(pre, ft, float(meth.hparams["alpha"])))
         cfg = None
     elif meth.phases:
         if not (run_dir / "model.pt").exists():

@@ -220,6 +220,8 @@ register(Method("lpft", "linear probe, then full fine-tuning from the probed hea
                 "head"))
 register(Method("wiseft", "weight-space interpolation of the ft run with the pre-trained weights",
                 classifier="head", hparams={"alpha": 0.5}, base="ft"))
+register(Method("dive_wise", "weight-space interpolation of the dive run with the pre-trained weights (α 0.5, fixed in advance)",
+                hparams={"alpha": 0.5}, base="dive"))
 register(Method("flyp", "CLIP loss between ID images and class-prompt captions, both encoders",
                 (Phase(_BOTH, {"flyp": 1.0}),)))
 register(Method("flyp_replay", "FLYP + CLIP loss on reference pairs", (Phase(_BOTH, {"flyp": 1.0, "replay": "w"}),),

@@ -64,7 +64,7 @@ STYLE_ROLES: dict[str, str] = {
     "resampled": "ImageNet-V2: the same photo renderer, shifted nuisance distribution "
                  "(larger rotations, harsher lighting, more jitter and noise)",
     "sketch": "ImageNet-Sketch: a thin dark outline on light paper; no colour, texture or background",
-    "cartoon": "ImageNet-R (renditions): line art, a thick stroke in the saturated object colour along the edge, unfilled, on the background",
+    "cartoon": "ImageNet-R (renditions): a drawing, the shape hatched with diagonal strokes of the saturated object colour, a thick dark outline",
     "noisy": "ImageNet-A (hard): the photo blurred and buried in heavy noise",
     "inverted": "ImageNet-R style palette shift: the photo with an inverted palette (255 - x)",
 }
@@ -275,6 +275,7 @@ def sample_attributes(
 # %% ../nbs/10_miniworld.ipynb #8b931962
 _PAPER_RGB = np.array([238, 234, 222], np.float32)
 _INK_RGB = np.array([45, 45, 52], np.float32)
+_CARTOON_LINE_RGB = np.array([15, 15, 15], np.float32)
 _TEXTURE_DARKEN = 0.7  # pattern pixels keep 30% of the object colour
 
 
@@ -317,9 +318,12 @@ def _render_chunk(a: dict, size: int) -> np.ndarray:
     if len(k):
         c = COLOUR_RGB[a["colour"][k]]
         c = np.clip(c.mean(1, keepdims=True) + 1.35 * (c - c.mean(1, keepdims=True)), 0, 255)[:, :, None, None]
-        # line art: a 2.5 px stroke in the object's (saturated) colour along the edge, unfilled, on the background
-        line = np.minimum(1.0, w["thick"][t[k], r0[k], c0[k]] + w["thin"][t[k], r0[k], c0[k]])[:, None]
-        img[k] = bg[k] + line * (c - bg[k])
+        # a drawing: the shape hatched with diagonal strokes in the object's (saturated) colour, a thick dark outline
+        yy_, xx_ = np.mgrid[0:s, 0:s]
+        hatch = (((xx_ + yy_) // scale) % 3 == 0).astype(np.float32)
+        im = bg[k] + (fill[k] * hatch) * (c - bg[k])
+        line = w["thick"][t[k], r0[k], c0[k]][:, None]
+        img[k] = im + line * (_CARTOON_LINE_RGB[:, None, None] - im)
         light[k] = 1.0
     img *= light[:, None]
     k = np.flatnonzero(is_["noisy"])

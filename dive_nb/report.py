@@ -1081,6 +1081,7 @@ def build_report(
     verbose: bool = True,  # print what was written and what was skipped
 ) -> list[Path]:  # the files written
     "Write every table (markdown + CSV) and figure (PNG) of the report that has inputs."
+    import dive_nb.claims  # registers the regime and claims tables (nbs/31_claims.ipynb)
     metrics_dir = Path(metrics_dir)
     profile = profile or metrics_dir.name
     tdir, fdir = _profile_dir(tables_dir, profile), _profile_dir(figures_dir, profile)
