@@ -261,11 +261,14 @@ def selection_lrs(
 
 def table_regime(ctx):  # -> dive_nb.report.Table
     "R1-R8 and the selection criterion on the main runs' baselines."
-    from dive_nb.report import Table
+    from dive_nb.report import Table, SkipTable
     from dive_nb.calibration import regime_rows, BASELINES
     M = ctx.main[ctx.main["method"].isin([*BASELINES, "wiseft"])] if len(ctx.main) else ctx.main
+    miss = [m for m in BASELINES if m not in set(M["method"] if len(M) else [])]
+    if miss: raise SkipTable(f"no main runs of {', '.join(miss)} (the regime criteria need every baseline)")
     grid, chosen = selection_lrs(Path(ctx.metrics_dir).parent.parent / "tables" / "selection" / f"{Path(ctx.metrics_dir).name}.csv")
-    rows = regime_rows(M, grid, chosen)
+    try: rows = regime_rows(M, grid, chosen)
+    except ValueError as e: raise SkipTable(str(e)) from None
     num = pd.DataFrame(rows)
     md = num.assign(**{"pass": num["pass"].map({True: "pass", False: "FAIL"})})
     return Table("regime", f"The fine-tuning regime of the world (baselines only; criteria in nbs/27_calibration.ipynb): "

@@ -43,6 +43,15 @@ class Split:
         "The first `n` rows (a deterministic subset, e.g. for a reference-set size sweep)."
         return self.take(torch.arange(min(n, len(self))))
 
+    def fingerprint(self) -> str:
+        "SHA-256 of the contents: image bytes, every label column, the tokens (what a run trained on this split depends on)."
+        import hashlib
+        h = hashlib.sha256(f"{tuple(self.images.shape)}".encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        for k in sorted(self.labels): h.update(k.encode()); h.update(self.labels[k].contiguous().numpy().tobytes())
+        if self.tokens is not None: h.update(self.tokens.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
 # %% ../nbs/12_data.ipynb #fdf69f01
 @dataclass
 class Suite:

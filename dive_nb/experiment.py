@@ -4,7 +4,7 @@
 
 # %% ../nbs/23_experiment.ipynb #0c7a264b
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, hashlib, json, sys, time
 from dataclasses import asdict, fields
 from pathlib import Path
 import torch
@@ -14,7 +14,7 @@ import dive_nb.other_methods  # registers the other papers' methods (m2mix, mps,
 from .train import TrainConfig, train, class_prompt_tokens
 from .evaluate import evaluate, encode, provenance
 from .models import (create_model, prepare_images, save_checkpoint, TeacherCache, interpolate_weights,
-                            count_parameters, zeroshot_classifier, model_fingerprint)
+                            count_parameters, zeroshot_classifier, model_fingerprint, StaleTeacherCache)
 
 # %% auto #0
 __all__ = ['load_params', 'apply_variant', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher',
@@ -160,6 +160,7 @@ def stage_teacher(params: dict, world: str | Path, pretrained: str | Path, out: 
                          classnames={n: list(k.classnames) for n, k in tasks.items()}, fingerprint=model_fingerprint(clip),
                          data_fingerprint=ref.fingerprint(), logit_scale=float(clip.logit_scale.detach().exp()),
                          meta={"model_name": _model_name(params), "n_ref": len(ref)})
+    t.meta["ref_fingerprint"] = ref.fingerprint()  # Context checks the world's reference pairs against it
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     t.save(out / "teacher.pt")
     m = FineTuneModel(clip, t.class_emb[suite.id_task.name])
@@ -203,6 +204,15 @@ class Context:
         clip, _, self.tok = create_model(_model_name(params), pretrained=self.pretrained)
         self.suite = load_suite(params, world, self.tok, reference_size, image_size=_image_size(clip))
         self.teacher = TeacherCache.load(self.teacher_dir / "teacher.pt", model=clip)
+        if reference_size is None:  # (a reference-size sweep trains on a prefix of the pairs the cache was checked on)
+            want, got = self.teacher.meta.get("ref_fingerprint"), self.suite.reference.fingerprint()
+            if want != got:
+                raise StaleTeacherCache(f"the teacher cache {self.teacher_dir / 'teacher.pt'} was built from "
+                                        f"{'other reference pairs than' if want else 'data without a fingerprint (an older cache), not'} "
+                                        f"the world at {world}: rebuild it (`dvc repro teacher`, or `dive-nb teacher --world {world}`)")
+        # what every run of this context trains on: the pre-trained weights, the ID training split, the reference pairs
+        self.fingerprint = hashlib.sha256("|".join([self.teacher.fingerprint, self.suite.id_train.fingerprint(),
+                                                    self.suite.reference.fingerprint()]).encode()).hexdigest()
         pr = torch.load(self.teacher_dir / "probe.pt", weights_only=True)
         self.pre_probe = (pr["image_emb"], pr["text_emb"])
         n = len(self.suite.reference)
@@ -260,8 +270,16 @@ def finetune(
     if not meth.phases or meth.base is not None: return None
     model = ctx.model()
     train(model, meth, ctx.suite.id_train, ctx.suite.id_task.attribute, ctx.prompts, prepare_images, cfg,
-          reference=ctx.suite.reference, pre_ref=ctx.pre_ref, out_dir=run_dir)
+          reference=ctx.suite.reference, pre_ref=ctx.pre_ref, out_dir=run_dir, fingerprint=ctx.fingerprint)
     return model
+
+def _check_trained_on(ctx: Context, run_dir: Path) -> dict:
+    "The run's training log, after checking that the run was trained on this context's data and pre-trained model."
+    log = json.loads((Path(run_dir) / "train_log.json").read_text())
+    if log.get("fingerprint") != ctx.fingerprint:
+        raise ValueError(f"the run at {run_dir} was trained on {'other data or another pre-trained model' if log.get('fingerprint') else 'data without a fingerprint (an older run)'} "
+                         f"than this world and pre-trained model: retrain it (delete {run_dir}, or `dvc repro finetune`)")
+    return log
 
 def evaluate_run(
     ctx: Context,
@@ -283,6 +301,7 @@ def evaluate_run(
         base_dir = Path(base_dir) if base_dir is not None else run_dir.parent / f"{meth.base}-{seed}"
         if not (base_dir / "model.pt").exists():
             raise FileNotFoundError(f"{method} needs the {meth.base!r} run of seed {seed} at {base_dir} (run it first)")
+        _check_trained_on(ctx, base_dir)
         pre = ctx.model().state_dict()
         # the base method's own state (DiVE's EMA centre) is not part of the pre-trained model: shared keys only
         ft = {k: v for k, v in torch.load(base_dir / "model.pt", weights_only=True).items() if k in pre}
@@ -292,9 +311,9 @@ def evaluate_run(
     elif meth.phases:
         if not (run_dir / "model.pt").exists():
             raise FileNotFoundError(f"no trained weights at {run_dir / 'model.pt'}: run the finetune stage of {method} seed {seed} first")
+        log = _check_trained_on(ctx, run_dir)
         meth.init_state(model)
         model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
-        log = json.loads((run_dir / "train_log.json").read_text())
         extra["cost"] = {"sec_per_step": log["sec_per_step"]}  # peak memory: benchmarks/step_time.py (one process per method)
         extra["train_log"] = log["log"][-1] if log["log"] else {}
         if wise: extra["curve"] = wise_curve(ctx, model.state_dict(), meth.classifier)

@@ -90,15 +90,24 @@ class StepContext:
     cache: dict = field(default_factory=dict)  # what the method's `precompute` returned (e.g. frozen ID features)
     prompt_tokens: torch.Tensor | None = None  # (n_templates, n_classes, ctx) class prompts of every ID class (prompt learners)
     gather: Callable = staticmethod(lambda x: x)  # multi-process runs: all-gather with gradient (this rank's images -> global batch)
+    fuse: tuple = ()  # modalities ('img', 'txt') encoded in one pass over the ID and reference batches (the fused reference pass)
+
+    def _both(self, encode, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+        "ID and reference features from one pass of `encode` over both batches (per-example towers: the same maths)."
+        return tuple(encode(torch.cat([a, b])).split([len(a), len(b)]))
+    @cached_property
+    def _img2(self): return self._both(self.model.encode_image, self._need(self.id_images, "id_images"), self._need(self.ref_images, "ref_images"))
+    @cached_property
+    def _txt2(self): return self._both(self.model.encode_text, self._need(self.id_prompt_tokens, "id_prompt_tokens"), self._need(self.ref_tokens, "ref_tokens"))
 
     @cached_property
-    def id_img(self): return self.gather(self.model.encode_image(self._need(self.id_images, "id_images")))
+    def id_img(self): return self.gather(self._img2[0] if "img" in self.fuse else self.model.encode_image(self._need(self.id_images, "id_images")))
     @cached_property
-    def id_txt(self): return self.gather(self.model.encode_text(self._need(self.id_prompt_tokens, "id_prompt_tokens")))
+    def id_txt(self): return self.gather(self._txt2[0] if "txt" in self.fuse else self.model.encode_text(self._need(self.id_prompt_tokens, "id_prompt_tokens")))
     @cached_property
-    def ref_img(self): return self.gather(self.model.encode_image(self._need(self.ref_images, "ref_images")))
+    def ref_img(self): return self.gather(self._img2[1] if "img" in self.fuse else self.model.encode_image(self._need(self.ref_images, "ref_images")))
     @cached_property
-    def ref_txt(self): return self.gather(self.model.encode_text(self._need(self.ref_tokens, "ref_tokens")))
+    def ref_txt(self): return self.gather(self._txt2[1] if "txt" in self.fuse else self.model.encode_text(self._need(self.ref_tokens, "ref_tokens")))
     @cached_property
     def u(self): return difference_vectors(self.ref_img, self._need(self.pre_ref_img, "pre_ref_img"))
     @cached_property
@@ -117,6 +126,9 @@ class Term:
     batch: str  # 'id', 'ref', or 'both' (reads both batches; back-propagated with the ID terms, so it may reuse their features)
     doc: str = ""
     needs_pre: bool = False  # reads the frozen model's cached reference embeddings
+    reads: frozenset | None = None  # the features it reads ('id_img', 'id_txt', 'ref_img', 'ref_txt'); None: not declared (never fused)
+
+_R = lambda *names: frozenset(names)
 
 def _avl(ctx: StepContext) -> torch.Tensor:
     c = ctx.model.state["center"].update(ctx.u, ctx.v)
@@ -124,18 +136,18 @@ def _avl(ctx: StepContext) -> torch.Tensor:
 
 TERMS: dict[str, Term] = {
     "ce": Term(lambda c: zeroshot_ce_loss(c.id_img, c.model.head.weight, c.id_labels, c.model.scale), "id",
-               "cross-entropy of the linear head on ID images"),
+               "cross-entropy of the linear head on ID images", reads=_R("id_img")),
     "flyp": Term(lambda c: clip_loss(c.id_img, c.id_txt, c.model.scale), "id",
-                 "CLIP loss between ID images and class-prompt captions"),
+                 "CLIP loss between ID images and class-prompt captions", reads=_R("id_img", "id_txt")),
     "replay": Term(lambda c: clip_loss(c.ref_img, c.ref_txt, c.model.scale), "ref",
-                   "CLIP loss on reference pairs"),
+                   "CLIP loss on reference pairs", reads=_R("ref_img", "ref_txt")),
     "snd": Term(lambda c: (c.u ** 2).sum(-1).mean(), "ref",
-                "squared distance of fine-tuned to frozen reference image embeddings", True),
-    "avl": Term(_avl, "ref", "DiVE average vector loss (EMA centre)", True),
-    "pvl": Term(lambda c: pvl_loss(c.u, c.v), "ref", "DiVE pairwise vector loss", True),
+                "squared distance of fine-tuned to frozen reference image embeddings", True, _R("ref_img")),
+    "avl": Term(_avl, "ref", "DiVE average vector loss (EMA centre)", True, _R("ref_img", "ref_txt")),
+    "pvl": Term(lambda c: pvl_loss(c.u, c.v), "ref", "DiVE pairwise vector loss", True, _R("ref_img", "ref_txt")),
     "cos": Term(lambda c: cosine_structure_loss(c.ref_img, c._need(c.pre_ref_img, "pre_ref_img"),
                                                 c.ref_txt, c._need(c.pre_ref_txt, "pre_ref_txt")), "ref",
-                "cosine-similarity structure constraint (CyCLIP-like ablation)", True),
+                "cosine-similarity structure constraint (CyCLIP-like ablation)", True, _R("ref_img", "ref_txt")),
 }
 
 # %% ../nbs/20_methods.ipynb #a8358270
@@ -168,6 +180,13 @@ class Method:
     def needs_pre(self) -> bool:
         "Whether some term reads the frozen model's cached reference embeddings."
         return any(TERMS[t].needs_pre for p in self.phases for t in p.terms)
+
+    def fusable(self, phase: Phase) -> tuple[str, ...]:
+        "Modalities ('img', 'txt') whose ID and reference features the phase's terms both read: one pass can encode both."
+        reads = [TERMS[t].reads for t in phase.terms]
+        if any(r is None for r in reads): return ()  # a term that does not say what it reads is never fused
+        r = frozenset().union(*reads)
+        return tuple(m for m in ("img", "txt") if {f"id_{m}", f"ref_{m}"} <= r)
 
     def weights(self, phase: Phase) -> dict[str, float]:
         "The numeric weight of each term of `phase`."

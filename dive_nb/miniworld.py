@@ -23,9 +23,10 @@ __all__ = ['ATTRIBUTES', 'COLOUR_RGB', 'BACKGROUND_RGB', 'STYLES', 'STYLE_ROLES'
            'POSITION_FRAC', 'ROTATIONS', 'PHOTO_ROTATIONS', 'RESAMPLED_ROTATIONS', 'NOISE_SIGMA', 'N_NOISE_FIELDS',
            'CUE_TEXTURE', 'CUE_BACKGROUND', 'STYLE_PREFIX', 'SIZE_WORDS', 'TEXTURE_ADJ', 'TEXTURE_POST',
            'POSITION_POST', 'BACKGROUND_WORDS', 'BACKGROUND_POST', 'COLOUR_POST', 'P_NAME', 'TASKS',
-           'SPLITS_WITH_HOLDOUT', 'SPLITS_WITH_CUES', 'WORLD_BUILD_HINT', 'sample_attributes', 'render',
-           'make_captions', 'Task', 'fill_template', 'vocabulary', 'WorldConfig', 'split_rng', 'encode_images',
-           'make_split', 'build_world', 'world_config', 'save_world', 'load_world', 'split_tensors', 'sample_batch']
+           'SPLITS_WITH_HOLDOUT', 'SPLITS_WITH_CUES', 'SPLITS_WITH_WRONG_CUES', 'WORLD_BUILD_HINT', 'sample_attributes',
+           'render', 'make_captions', 'Task', 'fill_template', 'vocabulary', 'WorldConfig', 'split_rng',
+           'encode_images', 'make_split', 'build_world', 'world_config', 'save_world', 'load_world', 'split_tensors',
+           'sample_batch']
 
 # %% ../nbs/10_miniworld.ipynb #201e03ad
 ATTRIBUTES: dict[str, list[str]] = {
@@ -65,7 +66,7 @@ STYLE_ROLES: dict[str, str] = {
                  "(larger rotations, harsher lighting, more jitter and noise)",
     "sketch": "ImageNet-Sketch: a thin dark outline on light paper; no colour, texture or background",
     "cartoon": "ImageNet-R (renditions): a drawing, the shape hatched with diagonal strokes of the saturated object colour, a thick dark outline",
-    "noisy": "ImageNet-A (hard): the photo blurred and buried in heavy noise",
+    "noisy": "ImageNet-A (hard): the photo blurred and buried in heavy noise; with `hard_cue_prob`, its context is another class's",
     "inverted": "ImageNet-R style palette shift: the photo with an inverted palette (255 - x)",
 }
 
@@ -222,6 +223,7 @@ def sample_attributes(
     styles=None,  # None (photo), a style name, a list of names (uniform), a dict name -> weight, or an int array of n style ids
     exclude_pairs=None,  # optional (shape, colour) name pairs that never occur (their colour is redrawn)
     cue_prob: float = 0.0,  # probability that an image's texture and background are its shape's cue (CUE_TEXTURE, CUE_BACKGROUND)
+    wrong_cue: bool = False,  # the cue drawn is another shape's (uniformly among the other shapes): adversarial context
 ) -> dict[str, np.ndarray]:  # int64 index per attribute, `style`, and the nuisance arrays (see NUISANCES)
     "Draw n uniform attribute tuples (independent unless `cue_prob` > 0) plus a style and nuisance values (all the renderer needs)."
     if not isinstance(rng, np.random.Generator):
@@ -255,8 +257,10 @@ def sample_attributes(
         raise ValueError(f"cue_prob: expected a probability in [0, 1], got {cue_prob!r}")
     if cue_prob > 0:  # ImageNet-like context: the class's texture and background come with it (no draws when 0)
         tie = rng.random(n) < cue_prob
-        out["texture"] = np.where(tie, CUE_TEXTURE[out["shape"]], out["texture"])
-        out["background"] = np.where(tie, CUE_BACKGROUND[out["shape"]], out["background"])
+        k = len(ATTRIBUTES["shape"])
+        owner = (out["shape"] + rng.integers(1, k, n)) % k if wrong_cue else out["shape"]
+        out["texture"] = np.where(tie, CUE_TEXTURE[owner], out["texture"])
+        out["background"] = np.where(tie, CUE_BACKGROUND[owner], out["background"])
     # Nuisances: photo-like distribution, and the shifted one for the `resampled` style.
     res = out["style"] == STYLES.index("resampled")
     out["rotation"] = np.where(res, rng.choice(RESAMPLED_ROTATIONS, n), rng.choice(PHOTO_ROTATIONS, n))
@@ -518,6 +522,7 @@ class WorldConfig:
     pretrain_photo_frac: float = 0.5  # share of photo in pretrain / reference / retrieval; rest spread over shifted styles
     holdout_pairs: tuple = ()  # optional (shape, colour) pairs never rendered in pretrain / reference / retrieval
     id_cue_prob: float = 0.0  # ImageNet-like context: in the ID splits and `resampled`, texture and background follow the shape with this probability
+    hard_cue_prob: float = 0.0  # ImageNet-A-like context: in `noisy`, texture and background are another shape's cue with this probability
 
     @classmethod
     def smoke(cls, **kw) -> "WorldConfig":
@@ -534,8 +539,9 @@ class WorldConfig:
                 raise ValueError(f"WorldConfig.{f.name}: expected an int >= 0, got {v!r}")
         if not 0.0 <= self.pretrain_photo_frac <= 1.0:
             raise ValueError(f"WorldConfig.pretrain_photo_frac: expected a value in [0, 1], got {self.pretrain_photo_frac}")
-        if not 0.0 <= self.id_cue_prob <= 1.0:
-            raise ValueError(f"WorldConfig.id_cue_prob: expected a probability in [0, 1], got {self.id_cue_prob}")
+        for k in ("id_cue_prob", "hard_cue_prob"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                raise ValueError(f"WorldConfig.{k}: expected a probability in [0, 1], got {getattr(self, k)}")
         self.holdout_pairs = tuple(tuple(p) for p in self.holdout_pairs)
 
     def mixed_styles(self) -> dict[str, float]:
@@ -558,6 +564,7 @@ class WorldConfig:
 
 SPLITS_WITH_HOLDOUT = ("pretrain", "reference", "retrieval")
 SPLITS_WITH_CUES = ("id_train", "id_val", "id_test", "ood_resampled")  # ImageNet and its re-sampled test set share its context
+SPLITS_WITH_WRONG_CUES = ("ood_noisy",)  # the ImageNet-A analogue: hard photos whose context points to another class
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:
@@ -593,10 +600,11 @@ def make_split(
     exclude_pairs=None,  # (shape, colour) pairs to leave out
     description: str = "",  # stored in the split's DatasetInfo (build_world puts the config there)
     cue_prob: float = 0.0,  # probability that texture and background follow the shape (see sample_attributes)
+    wrong_cue: bool = False,  # the cue is another shape's (see sample_attributes)
 ):
     "One `datasets.Dataset` split: sample attributes, render, caption, store the images as PPM bytes."
     import datasets as hfd
-    a = sample_attributes(n, rng, styles=styles, exclude_pairs=exclude_pairs, cue_prob=cue_prob)
+    a = sample_attributes(n, rng, styles=styles, exclude_pairs=exclude_pairs, cue_prob=cue_prob, wrong_cue=wrong_cue)
     imgs = render(a, image_size)
     caps = make_captions(a, rng)
     # Build the Arrow table directly (Dataset.from_dict encodes value by value: ~4x slower here).
@@ -621,8 +629,8 @@ def build_world(cfg: WorldConfig | None = None):  # -> datasets.DatasetDict
     out, desc = {}, json.dumps({"dive_nb_world_config": dataclasses.asdict(cfg)})
     for name, (n, styles) in cfg.splits().items():
         hold = cfg.holdout_pairs if name in SPLITS_WITH_HOLDOUT else None
-        cue = cfg.id_cue_prob if name in SPLITS_WITH_CUES else 0.0
-        out[name] = make_split(n, split_rng(cfg.seed, name), styles, cfg.image_size, hold, desc, cue)
+        cue = cfg.id_cue_prob if name in SPLITS_WITH_CUES else cfg.hard_cue_prob if name in SPLITS_WITH_WRONG_CUES else 0.0
+        out[name] = make_split(n, split_rng(cfg.seed, name), styles, cfg.image_size, hold, desc, cue, name in SPLITS_WITH_WRONG_CUES)
     return hfd.DatasetDict(out)
 
 

@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'PAPER_LABEL', 'PAPER_OF', 'TABLES', 'FIGURES',
-           'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS', 'paper_value', 'paper_cost_ratio', 'method_order',
-           'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table',
-           'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine',
+__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'PAPER_OF', 'TABLES',
+           'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS', 'paper_value', 'paper_cost_ratio',
+           'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap',
+           'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine',
            'table_refsize', 'table_wise', 'table_lam', 'table_cost', 'table_significance', 'method_setting',
            'table_unified', 'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep',
            'figure_unified', 'figure_world', 'figure_diffvec_pca', 'figure_embedding_geometry', 'table_m2mix',
@@ -306,6 +306,8 @@ _TEXT_COLS = {"method", "source", "paper row", "paper analogue", "baseline", "se
 
 class _Skip(Exception):
     "A table or figure whose inputs do not exist yet."
+
+SkipTable = _Skip  # the public name, for tables defined in other modules (dive_nb.claims)
 
 def _stats(df: pd.DataFrame, cols: list[str], by="method", labels: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Formatted and numeric frames of mean ± std per group; the group keys come first."

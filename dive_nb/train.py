@@ -33,7 +33,7 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 50  # steps between checkpoints (0: only at the end)
     num_threads: int | None = None  # torch.set_num_threads (None: leave as is)
-    sequential_backward: bool = True  # back-propagate the ID and reference losses one after the other
+    reference_pass: str = "auto"  # "fused": one pass over ID + reference batches; "sequential": two passes, lower peak memory; "auto": fused, sequential if a fused step runs out of GPU memory
     accum_steps: int = 1  # micro-batches per step (gradient accumulation): each term sees one micro-batch at a time
     precision: str = "fp32"  # "fp32", or "bf16" (autocast on the model's device; weights and optimizer stay fp32)
     grad_checkpointing: bool = False  # recompute the towers' block activations in backward (less memory, more time)
@@ -47,6 +47,8 @@ class TrainConfig:
         if not 0 <= self.warmup_frac < 1: raise ValueError(f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if int(self.accum_steps) < 1: raise ValueError(f"TrainConfig.accum_steps must be >= 1, got {self.accum_steps}")
         if self.precision not in ("fp32", "bf16"): raise ValueError(f"TrainConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.reference_pass not in ("auto", "fused", "sequential"):
+            raise ValueError(f"TrainConfig.reference_pass must be 'auto', 'fused' or 'sequential', got {self.reference_pass!r}")
 
 class NonFiniteLossError(RuntimeError):
     "A loss became NaN or infinite; the last good checkpoint is kept."
@@ -122,6 +124,7 @@ def train(
     pre_ref: tuple[torch.Tensor, torch.Tensor] | None = None,  # cached frozen (image, text) embeddings of `reference`
     out_dir: str | Path | None = None,  # checkpoints, final weights and log go here
     resume: bool = True,  # continue from out_dir/ckpt.pt when it exists
+    fingerprint: str = "",  # what the run trains on (`Context.fingerprint`: pre-trained weights + data); part of the resume key
 ) -> dict:  # {'log': [...], 'sec_per_step': float, 'peak_rss_mb': float, 'steps': int}
     "Fine-tune `model` with `method`'s phases and terms (one loop for every method)."
     if cfg.num_threads: torch.set_num_threads(int(cfg.num_threads))
@@ -138,7 +141,7 @@ def train(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None: out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt" if out is not None else None
-    key = _run_key(method, cfg)
+    key = {**_run_key(method, cfg), **({"data": fingerprint} if fingerprint else {})}
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -150,11 +153,15 @@ def train(
     if ckpt_path is not None and resume and ckpt_path.exists():
         resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if resumed["key"] != key:
-            raise ValueError(f"{ckpt_path} was written by a different run ({resumed['key']}); "
-                             f"delete it or pass resume=False to start again")
+            what = ("other data or another pre-trained model" if {**resumed["key"], "data": None} == {**key, "data": None}
+                    else f"a different run ({resumed['key']})")
+            raise ValueError(f"{ckpt_path} was written by {what}; delete {out} to train again (or pass resume=False)")
         model.load_state_dict(resumed["model"])
         gen.set_state(resumed["gen"]); torch.set_rng_state(resumed["torch_rng"])
         start_phase, start_step, log = resumed["phase"], resumed["step"], resumed["log"]
+    # the reference pass, fixed for the whole run (a resumed run keeps the one it started with)
+    mode = (resumed or {}).get("reference_pass") or ("fused" if cfg.reference_pass == "auto" else cfg.reference_pass)
+    bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())  # batch statistics: never fuse
 
     device = model.head.weight.device
     rank, world = rank_and_world()
@@ -202,41 +209,51 @@ def train(
             if need_ref:
                 r = torch.randint(len(reference), (cfg.ref_batch_size,), generator=gen)
                 batch["ref"] = (r,)
-            opt.zero_grad(set_to_none=True)
-            parts, pending = {}, []
-            for a in range(A):  # micro-batches (A = 1: the whole batch)
-                ctx = StepContext(model, hp=method.hparams, generator=gen, step=step, total_steps=T, cache=cache, gather=gather,
-                                  prompt_tokens=prompt_tokens)
-                # micro-batch a of the global batch: every process's a-th chunk of its shard (gathered = their union)
-                mb = lambda x: x.view(world, A, -1)[:, a]
-                if "id" in batch:
-                    (ii, tt, yy), full = (mb(x)[rank] for x in batch["id"]), mb(batch["id"][0]).reshape(-1)
-                    # labels of the global micro-batch (the terms see gathered features); images and captions: this shard
-                    ctx.id_images, ctx.id_labels = prepare(id_train.images[ii]).to(device), mb(batch["id"][2]).reshape(-1).to(device)
-                    ctx.id_prompt_tokens = prompt_tokens[tt, yy].to(device)
-                    ctx.id_index = full
-                if "ref" in batch:
-                    rr, full = mb(batch["ref"][0])[rank], mb(batch["ref"][0]).reshape(-1)
-                    ctx.ref_images, ctx.ref_tokens = prepare(reference.images[rr]).to(device), reference.tokens[rr].to(device)
-                    ctx.ref_index = full
-                    if pre_ref is not None:
-                        ctx.pre_ref_img, ctx.pre_ref_txt = pre_ref[0][full].to(device), pre_ref[1][full].to(device)
-                for names in groups:
-                    if not names: continue
-                    lg = 0.0
-                    with autocast():
-                        for t in names:
-                            v = TERMS[t].fn(ctx)
-                            val = float(v.detach())
-                            if not math.isfinite(val):
-                                raise NonFiniteLossError(f"{method.name}: term {t!r} is {val} at phase {pi} step {step}; "
-                                                         f"the last good checkpoint is kept in {ckpt_path}")
-                            parts[t] = parts.get(t, 0.0) + val / A
-                            lg = lg + weights[t] * v
-                    if A > 1: lg = lg / A
-                    if cfg.sequential_backward: lg.backward()
-                    else: pending.append(lg)
-                if pending: sum(pending).backward(); pending = []
+            for attempt in range(2):  # a second attempt only when `auto` falls back from a fused step out of GPU memory
+                try:
+                    fuse = tuple(m for m in method.fusable(phase) if not (m == "img" and bn)) if mode == "fused" else ()
+                    opt.zero_grad(set_to_none=True)
+                    parts, pending = {}, []
+                    for a in range(A):  # micro-batches (A = 1: the whole batch)
+                        ctx = StepContext(model, hp=method.hparams, generator=gen, step=step, total_steps=T, cache=cache, gather=gather,
+                                          prompt_tokens=prompt_tokens, fuse=fuse)
+                        # micro-batch a of the global batch: every process's a-th chunk of its shard (gathered = their union)
+                        mb = lambda x: x.view(world, A, -1)[:, a]
+                        if "id" in batch:
+                            (ii, tt, yy), full = (mb(x)[rank] for x in batch["id"]), mb(batch["id"][0]).reshape(-1)
+                            # labels of the global micro-batch (the terms see gathered features); images and captions: this shard
+                            ctx.id_images, ctx.id_labels = prepare(id_train.images[ii]).to(device), mb(batch["id"][2]).reshape(-1).to(device)
+                            ctx.id_prompt_tokens = prompt_tokens[tt, yy].to(device)
+                            ctx.id_index = full
+                        if "ref" in batch:
+                            rr, full = mb(batch["ref"][0])[rank], mb(batch["ref"][0]).reshape(-1)
+                            ctx.ref_images, ctx.ref_tokens = prepare(reference.images[rr]).to(device), reference.tokens[rr].to(device)
+                            ctx.ref_index = full
+                            if pre_ref is not None:
+                                ctx.pre_ref_img, ctx.pre_ref_txt = pre_ref[0][full].to(device), pre_ref[1][full].to(device)
+                        for names in groups:
+                            if not names: continue
+                            lg = 0.0
+                            with autocast():
+                                for t in names:
+                                    v = TERMS[t].fn(ctx)
+                                    val = float(v.detach())
+                                    if not math.isfinite(val):
+                                        raise NonFiniteLossError(f"{method.name}: term {t!r} is {val} at phase {pi} step {step}; "
+                                                                 f"the last good checkpoint is kept in {ckpt_path}")
+                                    parts[t] = parts.get(t, 0.0) + val / A
+                                    lg = lg + weights[t] * v
+                            if A > 1: lg = lg / A
+                            if mode == "sequential": lg.backward()
+                            else: pending.append(lg)  # fused: one backward over every term
+                        if pending: sum(pending).backward(); pending = []
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    if attempt or cfg.reference_pass != "auto" or mode != "fused": raise
+                    mode, parts, pending, ctx = "sequential", None, None, None
+                    torch.cuda.empty_cache()
+                    print(f"{method.name}: a fused step ran out of GPU memory; the reference pass is sequential from here on "
+                          f"(reference_pass: auto)", file=sys.stderr)
             if world > 1: sync_gradients(params)
             if cfg.grad_clip: clip_grad_norm_(params, cfg.grad_clip)
             opt.step(); sched.step()
@@ -253,11 +270,12 @@ def train(
                 nxt = (pi, step + 1) if step + 1 < T else (pi + 1, 0)
                 _save_atomic({"key": key, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                               "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "phase": nxt[0], "step": nxt[1],
-                              "log": log}, ckpt_path)
+                              "log": log, "reference_pass": mode}, ckpt_path)
         resumed = None
     if bar is not None: bar.close()
     model.eval()
-    res = {"log": log, "sec_per_step": t_steps / n_timed if n_timed else t_all / max(1, total - done), "peak_rss_mb": _peak_rss_mb(), "steps": total}
+    res = {"log": log, "sec_per_step": t_steps / n_timed if n_timed else t_all / max(1, total - done), "peak_rss_mb": _peak_rss_mb(), "steps": total,
+           "reference_pass": mode, "fingerprint": fingerprint}
     if out is not None:
         _save_atomic(model.state_dict(), out / "model.pt")
         (out / "train_log.json").write_text(json.dumps(res, indent=1))
