@@ -36,7 +36,7 @@ def test_dvc_pipeline_smoke(tmp_path):
     # every declared output exists and parses
     recs = sorted((repo / "metrics/mini").glob("*-[0-9].json"))
     methods = {json.loads(p.read_text())["method"] for p in recs}
-    assert methods == {"zeroshot", "ft", "wiseft", "flyp", "dive"}, methods
+    assert methods == {"zeroshot", "ft", "wiseft", "flyp", "dive", "dive_wise"}, methods
     for p in recs:
         rec = json.loads(p.read_text())
         assert 0 <= rec["id_acc"] <= 100 and "avg" in rec["ood_acc"] and "avg" in rec["zs_acc"]
