@@ -11,7 +11,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['BASELINES', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'wise_ood', 'regime_rows', 'regime_markdown', 'calibrate',
-           'main']
+           'tries_table', 'main']
 
 # %% ../nbs/27_calibration.ipynb #f9cf7486
 BASELINES = ("zeroshot", "lp", "ft", "lpft", "flyp")  # the only methods a calibration try may run (plus ft's WiSE-FT curve)
@@ -141,6 +141,17 @@ def calibrate(
     pd.DataFrame(rows).to_csv(m / "regime.csv", index=False)
     print((m / "regime.md").read_text())
     return rows
+
+# %% ../nbs/27_calibration.ipynb #51237f4f
+def tries_table(
+    root: str | Path = "metrics/mini/calibration",  # one folder per try, each with regime.csv
+) -> pd.DataFrame:  # criterion x try: 'pass' / 'FAIL'
+    "Which criteria each calibration try met, from the tries' own regime.csv files."
+    cols = {}
+    for d in sorted(p for p in Path(root).iterdir() if (p / "regime.csv").exists()):
+        r = pd.read_csv(d / "regime.csv")
+        cols[d.name] = r.set_index("id")["pass"].map({True: "pass", False: "FAIL"})
+    return pd.DataFrame(cols)
 
 # %% ../nbs/27_calibration.ipynb #0a5681ab
 def main(argv=None) -> int:
