@@ -233,7 +233,8 @@ def claims_frame(
 
 def table_claims(ctx):  # -> dive_nb.report.Table
     "The claims table: one row per claim, its evidence and its computed verdict."
-    from dive_nb.report import Table
+    from dive_nb.report import Table, SkipTable
+    if not len(ctx.main): raise SkipTable(f"no main runs in {ctx.metrics_dir}")
     num = claims_frame(ctx)
     f = lambda v, d=2: "" if not np.isfinite(v) else f"{v:.{d}f}"
     md = num.assign(ours=[f(v, 3 if m.startswith("RSA") else 2) for v, m in zip(num["ours"], num["metric"])],
