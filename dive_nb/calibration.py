@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['BASELINES', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'wise_ood', 'regime_rows', 'regime_markdown', 'calibrate',
-           'tries_table', 'main']
+__all__ = ['BASELINES', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed', 'wise_ood', 'regime_rows', 'regime_markdown',
+           'calibrate', 'tries_table', 'main']
 
 # %% ../nbs/27_calibration.ipynb #f9cf7486
 BASELINES = ("zeroshot", "lp", "ft", "lpft", "flyp")  # the only methods a calibration try may run (plus ft's WiSE-FT curve)
@@ -37,7 +37,7 @@ def _ms(x) -> str:
     x = np.asarray(x, float)
     return f"{x.mean():.2f} ± {x.std(ddof=1) if len(x) > 1 else 0.0:.2f}"
 
-def _by_seed(df: pd.DataFrame, method: str, col: str) -> pd.Series:
+def by_seed(df: pd.DataFrame, method: str, col: str) -> pd.Series:
     "One value per seed of `method`'s column `col` (indexed by seed)."
     d = df[df["method"] == method]
     if d.empty: raise ValueError(f"no records of {method!r}: the regime needs {', '.join(BASELINES)}")
@@ -57,7 +57,7 @@ def regime_rows(
     chosen_lr: dict[str, float] | None = None,  # method -> selected learning rate
 ) -> list[dict]:  # one row per criterion: id, criterion, paper, ours, pass
     "Evaluate R1-R8 (and the selection criterion) on the records."
-    g = lambda m, c: _by_seed(df, m, c)
+    g = lambda m, c: by_seed(df, m, c)
     zs = {c: float(g("zeroshot", c).mean()) for c in ("id_acc", "ood_acc.avg", "zs_acc.avg", "ood_acc.resampled")}
     rows = []
     def add(cid, text, ours, ok): rows.append({"id": cid, "criterion": text, "paper": PAPER_REGIME[cid], "ours": ours, "pass": bool(ok)})

@@ -155,8 +155,8 @@ def judge(
         seeds = sorted(set(_seeds_of(M, c.subject)) & set(_seeds_of(M, rival)))
         if not seeds: comps.append((rival, None)); continue
         if col is not None:
-            v = lambda m: M[M["method"] == m].set_index("seed")[col].astype(float)
-            comps.append((rival, compare_scalar(v(c.subject), v(rival), margin)))
+            from dive_nb.calibration import by_seed
+            comps.append((rival, compare_scalar(by_seed(M, c.subject, col), by_seed(M, rival, col), margin)))
             continue
         pa, pb = [ctx.run_preds(c.subject, s) for s in seeds], [ctx.run_preds(rival, s) for s in seeds]
         if any(p is None for p in pa + pb): comps.append((rival, None)); continue

@@ -204,15 +204,15 @@ class Context:
         clip, _, self.tok = create_model(_model_name(params), pretrained=self.pretrained)
         self.suite = load_suite(params, world, self.tok, reference_size, image_size=_image_size(clip))
         self.teacher = TeacherCache.load(self.teacher_dir / "teacher.pt", model=clip)
+        ref_fp = self.suite.reference.fingerprint()
         if reference_size is None:  # (a reference-size sweep trains on a prefix of the pairs the cache was checked on)
-            want, got = self.teacher.meta.get("ref_fingerprint"), self.suite.reference.fingerprint()
-            if want != got:
+            want = self.teacher.meta.get("ref_fingerprint")
+            if want != ref_fp:
                 raise StaleTeacherCache(f"the teacher cache {self.teacher_dir / 'teacher.pt'} was built from "
                                         f"{'other reference pairs than' if want else 'data without a fingerprint (an older cache), not'} "
                                         f"the world at {world}: rebuild it (`dvc repro teacher`, or `dive-nb teacher --world {world}`)")
         # what every run of this context trains on: the pre-trained weights, the ID training split, the reference pairs
-        self.fingerprint = hashlib.sha256("|".join([self.teacher.fingerprint, self.suite.id_train.fingerprint(),
-                                                    self.suite.reference.fingerprint()]).encode()).hexdigest()
+        self.fingerprint = hashlib.sha256("|".join([self.teacher.fingerprint, self.suite.id_train.fingerprint(), ref_fp]).encode()).hexdigest()
         pr = torch.load(self.teacher_dir / "probe.pt", weights_only=True)
         self.pre_probe = (pr["image_emb"], pr["text_emb"])
         n = len(self.suite.reference)

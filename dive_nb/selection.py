@@ -47,22 +47,22 @@ def select(
     bases = [b for b, members in LR_GROUPS.items() if want & set(members)]
     # 1. learning rates: every base objective at every lr (trained side by side), the best ID validation accuracy wins
     jobs = [(b, seed, out / f"{b}-lr{lr:g}", {"lr": float(lr)}) for b in bases for lr in lrs]
-    acc = dict(zip([(j[0], j[3]["lr"]) for j in jobs], _scores(ctx, world, jobs, workers)))
+    acc = dict(zip([j[2].name for j in jobs], _scores(ctx, world, jobs, workers)))  # run folder name -> ID val accuracy
     best_acc = {}
     for b in bases:
         for lr in lrs:
-            rows.append({"method": b, "knob": "lr", "value": lr, "id_val_acc": acc[b, float(lr)]})
-            print(f"select {b} lr={lr:g}: ID val {acc[b, float(lr)]:.1f}", flush=True)
-        lr = max(lrs, key=lambda v: acc[b, float(v)])
-        best_acc[b] = acc[b, float(lr)]
+            rows.append({"method": b, "knob": "lr", "value": lr, "id_val_acc": acc[f"{b}-lr{lr:g}"]})
+            print(f"select {b} lr={lr:g}: ID val {acc[f'{b}-lr{lr:g}']:.1f}", flush=True)
+        lr = max(lrs, key=lambda v: acc[f"{b}-lr{v:g}"])
+        best_acc[b] = acc[f"{b}-lr{lr:g}"]
         for m in LR_GROUPS[b]:
             if m in want: chosen.setdefault(m, {})["lr"] = float(lr)
     # 2. regulariser weights at the group's lr: the largest within `tolerance` of FLYP's ID validation accuracy
     wm = [(m, k) for m, k in WEIGHTED.items() if m in want]
     jobs = [(m, seed, out / f"{m}-{k}{w:g}", {k: float(w), "lr": chosen[m]["lr"]}) for m, k in wm for w in weights]
-    acc = dict(zip([(j[0], j[2].name) for j in jobs], _scores(ctx, world, jobs, workers))) if jobs else {}
+    acc = dict(zip([j[2].name for j in jobs], _scores(ctx, world, jobs, workers))) if jobs else {}
     for m, k in wm:
-        accs = {float(w): acc[m, f"{m}-{k}{w:g}"] for w in weights}
+        accs = {float(w): acc[f"{m}-{k}{w:g}"] for w in weights}
         for w, a in accs.items():
             rows.append({"method": m, "knob": k, "value": w, "id_val_acc": a})
             print(f"select {m} {k}={w:g}: ID val {a:.1f}", flush=True)

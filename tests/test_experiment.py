@@ -154,3 +154,23 @@ def test_cli_run_under_two_processes(tiny, tmp_path):
     assert rec.exists() and __import__("json").loads(rec.read_text())["method"] == "flyp"
     a, b = _weights(tmp_path / "two" / "mini" / "runs" / "flyp-0"), _weights(tmp_path / "one" / "mini" / "runs" / "flyp-0")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
+
+
+def test_select_applies_the_rule_to_every_candidate(tiny):
+    "dive-nb select: every (method, lr) and (method, weight) candidate is trained and scored; the choices follow the rule."
+    from dive_nb.experiment import Context, evaluate_run
+    from dive_nb.selection import select, choose_weight
+    params, world, pre, teacher, d = tiny
+    params = {**params, "workers": 2, "select": {"seed": 0, "lr": [1e-4, 1e-2], "weight": [0.1, 10.0], "tolerance": 1.0}}
+    chosen, rows = select(params, world, pre, teacher, d / "select", ["lp", "ft", "lpft", "flyp", "dive", "dive_avl"])
+    got = {(r["method"], r["knob"], r["value"]): r["id_val_acc"] for r in rows}
+    assert {(m, "lr", v) for m in ("lp", "ft", "flyp") for v in (1e-4, 1e-2)} | {("dive", "lam", w) for w in (0.1, 10.0)} == set(got)
+    # each score is the run's own ID validation accuracy (the run folder is re-evaluated here in this process)
+    ctx = Context(params, world, pre, teacher)
+    assert evaluate_run(ctx, "ft", 0, d / "select" / "ft-lr0.01", overrides={"lr": 0.01})["id_val_acc"] == got["ft", "lr", 0.01]
+    for b, members in (("lp", ["lp"]), ("ft", ["ft", "lpft"]), ("flyp", ["flyp", "dive", "dive_avl"])):
+        best = max((1e-4, 1e-2), key=lambda v: got[b, "lr", v])
+        assert all(chosen[m]["lr"] == best for m in members), (b, chosen)
+    ref = max(got["flyp", "lr", v] for v in (1e-4, 1e-2))
+    assert chosen["dive"]["lam"] == choose_weight({w: got["dive", "lam", w] for w in (0.1, 10.0)}, ref, 1.0)
+    assert chosen["dive_avl"]["lam"] == chosen["dive"]["lam"]  # ablations inherit DiVE's weight
