@@ -90,7 +90,13 @@ def mini_suite(
     attrs = list(mw.ATTRIBUTES)
     id_task = mw.TASKS["shape"]
     zs_tasks = {k: t for k, t in mw.TASKS.items() if k != "shape"}
-    T = lambda name, tok=True: _to_split(mw.split_tensors(dd[name]), attrs + ["style"], tokenizer if tok else None)
+    def T(name, tok=True):
+        try: t = mw.split_tensors(dd[name])
+        except Exception as e:  # a garbled or truncated arrow file: name the split and how to rebuild
+            raise ValueError(f"the mini world at {world_dir} is damaged: split {name!r} cannot be read ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); rebuild it: "
+                             + mw.WORLD_BUILD_HINT.format(path=world_dir)) from None
+        return _to_split(t, attrs + ["style"], tokenizer if tok else None)
     ood = {n[len("ood_"):]: T(n, tok=False) for n in dd if n.startswith("ood_")}
     ref = T("reference")
     if reference_size is not None:

@@ -17,37 +17,12 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
                             count_parameters, zeroshot_classifier, model_fingerprint, StaleTeacherCache)
 
 # %% auto #0
-__all__ = ['load_params', 'apply_variant', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher',
-           'profile_paths', 'resolve_device', 'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run',
-           'worker_context', 'map_in_workers', 'finetune_many', 'sweep_runs', 'run_sweep', 'main']
+__all__ = ['resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher', 'profile_paths', 'resolve_device',
+           'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'worker_context', 'map_in_workers',
+           'finetune_many', 'sweep_runs', 'run_sweep', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
-def load_params(path: str | Path = "params.yaml") -> dict:
-    "Read a YAML parameter file, with a clear error when it is missing."
-    import yaml
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"parameter file {p} not found (the mini profile's is params.yaml at the repository root)")
-    return apply_variant(yaml.safe_load(p.read_text()) or {})
-
-def apply_variant(
-    params: dict,  # a parameter file's contents
-) -> dict:  # a copy with `variants[variant]` applied (dotted keys), or `params` itself when no variant is chosen
-    "Apply the chosen variant's overrides, e.g. `variant: iwildcam` with `variants: {iwildcam: {data.id: [...]}}`."
-    import copy
-    name = params.get("variant")
-    if name in (None, "none", ""): return params
-    table = params.get("variants") or {}
-    if name not in table: raise ValueError(f"unknown variant {name!r}; the parameter file declares {sorted(table) or 'none'}")
-    out = copy.deepcopy(params)
-    for key, value in (table[name] or {}).items():
-        *path, last = key.split(".")
-        d = out
-        for k in path:
-            if not isinstance(d.get(k), dict): raise ValueError(f"variant {name!r}: {key!r} does not name a setting (no section {k!r})")
-            d = d[k]
-        d[last] = copy.deepcopy(value)
-    return out
+from .config import load_params, apply_variant, ParamsError  # one reader and validator (nbs/28_config.ipynb)
 
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
@@ -264,13 +239,15 @@ def finetune(
     seed: int,
     run_dir: str | Path,  # checkpoints, final weights (model.pt) and train_log.json
     overrides: dict | None = None,  # hyperparameter / training overrides (sweeps)
+    on_stale: str = "error",  # a checkpoint of another configuration: 'error' or 'restart' (DVC stages, whose outputs persist)
 ) -> FineTuneModel | None:  # the trained model (None for methods without training)
     "Train one method with one seed through the one loop (resumes from run_dir's checkpoint)."
     meth, cfg = resolve_run(ctx.params, method, seed, overrides)
     if not meth.phases or meth.base is not None: return None
     model = ctx.model()
     train(model, meth, ctx.suite.id_train, ctx.suite.id_task.attribute, ctx.prompts, prepare_images, cfg,
-          reference=ctx.suite.reference, pre_ref=ctx.pre_ref, out_dir=run_dir, fingerprint=ctx.fingerprint)
+          reference=ctx.suite.reference, pre_ref=ctx.pre_ref, out_dir=run_dir, fingerprint=ctx.fingerprint,
+          on_stale=on_stale)
     return model
 
 def _check_trained_on(ctx: Context, run_dir: Path) -> dict:
@@ -370,8 +347,8 @@ def map_in_workers(
         return list(ex.map(fn, items))
 
 def _worker_finetune(job):
-    method, seed, run_dir, overrides, ref_size = job
-    finetune(worker_context(ref_size), method, seed, run_dir, overrides)
+    method, seed, run_dir, overrides, ref_size, on_stale = job
+    finetune(worker_context(ref_size), method, seed, run_dir, overrides, on_stale)
     return str(run_dir)
 
 def finetune_many(
@@ -379,14 +356,15 @@ def finetune_many(
     jobs: list,  # (method, seed, run_dir, overrides[, reference_size]) tuples
     workers: int = 1,  # processes training side by side (each with one thread); 1 trains in this process
     ctx: Context | None = None,  # reused when training in this process (jobs without a reference size)
+    on_stale: str = "error",  # a run folder's checkpoint of another configuration: 'error' or 'restart'
 ) -> list[str]:
     "Train several runs, `workers` at a time in separate processes; returns their run folders."
-    jobs = [(j[0], int(j[1]), str(j[2]), dict(j[3] or {}), j[4] if len(j) > 4 else None) for j in jobs]
+    jobs = [(j[0], int(j[1]), str(j[2]), dict(j[3] or {}), j[4] if len(j) > 4 else None, on_stale) for j in jobs]
     if workers <= 1 or len(jobs) <= 1:
         ctxs = {None: ctx} if ctx is not None else {}
-        for m, s, d, o, r in jobs:
+        for m, s, d, o, r, st in jobs:
             if r not in ctxs: ctxs[r] = Context(params, world, pretrained, teacher, reference_size=r)
-            finetune(ctxs[r], m, s, d, o)
+            finetune(ctxs[r], m, s, d, o, st)
         return [j[2] for j in jobs]
     return map_in_workers(_worker_finetune, jobs, params, world, pretrained, teacher, workers)
 
@@ -434,64 +412,10 @@ def run_sweep(
     return out
 
 # %% ../nbs/23_experiment.ipynb #14b42507
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dive-nb", description="Run dive-nb experiment stages.")
-    ap.add_argument("stage", choices=["world", "pretrain", "teacher", "run", "all", "select"])
-    ap.add_argument("--write", action="store_true", help="select: rewrite the chosen values into --params")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--root", default="artifacts", help="artifacts root (profile subfolder added)")
-    ap.add_argument("--metrics", default="metrics", help="metrics root (profile subfolder added)")
-    ap.add_argument("--methods", nargs="*", help="methods to run (default: every method in params.yaml)")
-    ap.add_argument("--seeds", nargs="*", type=int, help="seeds (default: params.yaml seeds)")
-    ap.add_argument("--out", help="output folder of a single stage (default: under --root)")
-    ap.add_argument("--world"); ap.add_argument("--pretrained"); ap.add_argument("--teacher")
-    return ap
-
 def main(argv=None) -> int:
-    "Console entry point `dive-nb`."
-    a = _parser().parse_args(argv)
-    params = load_params(a.params)
-    prof = params.get("profile", "mini")
-    root, met = Path(a.root) / prof, Path(a.metrics) / prof
-    world = Path(a.world or root / "world"); pre = Path(a.pretrained or root / "pretrained" / "model.pt")
-    teach = Path(a.teacher or root / "teacher")
-    if a.stage in ("world", "all"): stage_world(params, a.out if a.stage == "world" and a.out else world)
-    if a.stage in ("pretrain", "all"): stage_pretrain(params, world, a.out if a.stage == "pretrain" and a.out else pre.parent)
-    if a.stage in ("teacher", "all"): stage_teacher(params, world, pre, a.out if a.stage == "teacher" and a.out else teach)
-    if a.stage == "select":
-        from dive_nb.selection import select, write_methods
-        chosen, rows = select(params, world, pre, teach, root / "select", a.methods)
-        import pandas as pd
-        tab = Path("tables") / "selection"; tab.mkdir(parents=True, exist_ok=True)
-        df = pd.DataFrame(rows); df.to_csv(tab / f"{prof}.csv", index=False)
-        (tab / f"{prof}.md").write_text("**Table: hyperparameter selection on ID validation accuracy (seed "
-                                          f"{(params.get('select') or {}).get('seed', 0)}; rule in nbs/24_selection.ipynb)**\n\n"
-                                          + df.to_markdown(index=False) + "\n\nChosen: " + json.dumps(chosen) + "\n")
-        print(json.dumps(chosen, indent=1))
-        if a.write: write_methods(a.params, chosen)
-        return 0
-    if a.stage in ("run", "all"):
-        methods = a.methods or list(params.get("methods") or {})
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown: raise SystemExit(f"error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}")
-        from dive_nb.distributed import setup_distributed, cleanup_distributed
-        info = setup_distributed()  # under torchrun: one process per GPU, global-batch losses; otherwise one process
-        ctx = Context(params, world, pre, teach)
-        # base runs (ft for wiseft) first
-        methods = sorted(methods, key=lambda m: METHODS[m].base is not None)
-        for seed in (a.seeds if a.seeds is not None else params.get("seeds", [0])):
-            for m in methods:
-                t0 = time.time()
-                run_dir = root / "runs" / f"{m}-{seed}"
-                finetune(ctx, m, seed, run_dir)  # every process trains its shard; rank 0 writes the weights
-                if info.world_size > 1: torch.distributed.barrier()
-                if info.rank != 0: continue  # rank 0 evaluates and writes the record
-                r = evaluate_run(ctx, m, seed, run_dir, met / f"{m}-{seed}.json")
-                print(f"{m:12s} seed {seed}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f} "
-                      f"RSA {r['geometry']['rsa']:.3f} ({time.time() - t0:.0f}s)", flush=True)
-        if info.world_size > 1: torch.distributed.barrier()
-        cleanup_distributed()
-    return 0
+    "The `dive-nb` command (kept here for `python -m dive_nb.experiment`; it lives in `dive_nb.cli`)."
+    from dive_nb.cli import main as cli_main
+    return cli_main(argv)
 
 # %% ../nbs/23_experiment.ipynb #0b6497f9
 #| eval: false

@@ -646,8 +646,7 @@ def world_config(ds) -> WorldConfig | None:
     return WorldConfig(**d)
 
 # %% ../nbs/10_miniworld.ipynb #10f4d904
-WORLD_BUILD_HINT = ("build it with `dvc repro world`, or with\n  python -c \"from dive_nb.miniworld import *; "
-                    "save_world(build_world(WorldConfig()), '{path}')\"")
+WORLD_BUILD_HINT = "build it with `dvc repro world`, or `dive-nb world --params params.yaml --out {path}`"
 
 
 def _card(dd, cfg: WorldConfig | None) -> str:
@@ -714,7 +713,10 @@ def load_world(path):  # -> datasets.DatasetDict
     if not (path / "dataset_dict.json").is_file():
         raise FileNotFoundError(f"No mini world at {str(path)!r} (no dataset_dict.json there); "
                                 + WORLD_BUILD_HINT.format(path=path))
-    return hfd.load_from_disk(str(path))
+    try: return hfd.load_from_disk(str(path))
+    except Exception as e:
+        raise ValueError(f"the mini world at {path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "rebuild it: " + WORLD_BUILD_HINT.format(path=path)) from None
 
 # %% ../nbs/10_miniworld.ipynb #dc58d4c5
 def _decode_bytes(blobs: list[bytes], size_hint: int | None = None) -> np.ndarray:

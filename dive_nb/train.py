@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_train.ipynb #6612d06f
 from __future__ import annotations
-import contextlib, json, math, os, resource, sys, time
+import contextlib, errno, json, math, os, resource, sys, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
@@ -89,9 +89,38 @@ def param_groups(
             {"params": [p for p in params if not decay(p)], "weight_decay": 0.0}]
 
 def _save_atomic(obj, path: Path) -> None:
+    "Write `obj` beside `path`, then rename: the previous file stays whole until the new one is complete."
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    try: torch.save(obj, tmp)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {path}: free space and rerun "
+                                        f"(the previous {path.name}, if any, is kept)", str(path)) from None
+        raise
     os.replace(tmp, path)
+
+def _all_finite(state) -> bool:
+    "Every floating tensor in a (nested) state dict finite."
+    if isinstance(state, torch.Tensor): return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict): return all(_all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)): return all(_all_finite(v) for v in state)
+    return True
+
+def _load_checkpoint(path: Path) -> dict:
+    "A training checkpoint, or one line saying what is wrong with the file and what to do."
+    try: ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}; truncated or not a torch file): "
+                         f"delete it to train this run from step 0") from None
+    if not (isinstance(ck, dict) and {"key", "model", "opt", "phase", "step"} <= set(ck)):
+        raise ValueError(f"{path} is not a dive-nb training checkpoint (a model's weights?): delete it to train this run from step 0")
+    return ck
+
+def _kept(path, saved, total) -> str:
+    "What a failed run leaves behind, precisely."
+    if path is None or saved is None: return "no checkpoint was written (nothing to resume from)"
+    return f"the last checkpoint, {path} (step {saved} of {total}; finite weights and optimizer state), is kept"
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -125,6 +154,7 @@ def train(
     out_dir: str | Path | None = None,  # checkpoints, final weights and log go here
     resume: bool = True,  # continue from out_dir/ckpt.pt when it exists
     fingerprint: str = "",  # what the run trains on (`Context.fingerprint`: pre-trained weights + data); part of the resume key
+    on_stale: str = "error",  # a checkpoint of another configuration or data: 'error' (stop, say so) or 'restart' (discard it, train from step 0)
 ) -> dict:  # {'log': [...], 'sec_per_step': float, 'peak_rss_mb': float, 'steps': int}
     "Fine-tune `model` with `method`'s phases and terms (one loop for every method)."
     if cfg.num_threads: torch.set_num_threads(int(cfg.num_threads))
@@ -151,14 +181,23 @@ def train(
     start_phase, start_step, log = 0, 0, []
     resumed = None
     if ckpt_path is not None and resume and ckpt_path.exists():
-        resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        resumed = _load_checkpoint(ckpt_path)
         if resumed["key"] != key:
             what = ("other data or another pre-trained model" if {**resumed["key"], "data": None} == {**key, "data": None}
-                    else f"a different run ({resumed['key']})")
-            raise ValueError(f"{ckpt_path} was written by {what}; delete {out} to train again (or pass resume=False)")
+                    else f"a different run configuration ({', '.join(k for k in sorted(set(key) | set(resumed['key'])) if key.get(k) != resumed['key'].get(k))} differ)")
+            if on_stale != "restart":
+                raise ValueError(f"{ckpt_path} was written by {what}; delete {out} to train again (or pass resume=False)")
+            print(f"{method.name}: {ckpt_path} was written by {what}: discarded, training from step 0", file=sys.stderr)
+            for f in ("ckpt.pt", "model.pt", "train_log.json"): (out / f).unlink(missing_ok=True)
+            resumed = None
+    if resumed is not None:
         model.load_state_dict(resumed["model"])
         gen.set_state(resumed["gen"]); torch.set_rng_state(resumed["torch_rng"])
         start_phase, start_step, log = resumed["phase"], resumed["step"], resumed["log"]
+        done0 = sum(phase_steps[:start_phase]) + start_step
+        if done0 < sum(phase_steps) and cfg.progress:
+            print(f"{method.name}: resuming from step {done0} of {sum(phase_steps)} ({ckpt_path})", file=sys.stderr)
+    saved = sum(phase_steps[:start_phase]) + start_step if resumed is not None else None  # steps in the last checkpoint
     # the reference pass, fixed for the whole run (a resumed run keeps the one it started with)
     mode = (resumed or {}).get("reference_pass") or ("fused" if cfg.reference_pass == "auto" else cfg.reference_pass)
     bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())  # batch statistics: never fuse
@@ -184,99 +223,106 @@ def train(
         from tqdm.auto import tqdm
         bar = tqdm(total=total, initial=done, desc=method.name, leave=False, file=sys.stderr)
     t_steps, n_timed, t_all = 0.0, 0, 0.0
-    for pi in range(start_phase, len(method.phases)):
-        phase, T = method.phases[pi], phase_steps[pi]
-        params = model.set_trainable(phase.train)
-        opt = torch.optim.AdamW(param_groups(model, params, cfg.weight_decay), lr=cfg.lr * phase.lr_mult,
-                                betas=tuple(cfg.betas), eps=cfg.eps)
-        warm = int(cfg.warmup_frac * T)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, T=T, w=warm: warmup_cosine(s, T, w))
-        s0 = 0
-        if resumed is not None and pi == start_phase and start_step > 0:  # (a phase that starts afresh has a fresh optimizer)
-            opt.load_state_dict(resumed["opt"]); sched.load_state_dict(resumed["sched"]); s0 = start_step
-        weights = method.weights(phase)
-        groups = [[t for t in weights if TERMS[t].batch in g] for g in (("id", "both"), ("ref",))]
-        need_ref = any(TERMS[t].batch in ("ref", "both") for t in weights)
-        model.train()
-        for step in range(s0, T):
-            t0 = time.perf_counter()
-            batch = {}
-            if groups[0]:
-                idx = torch.randint(n_id, (cfg.batch_size,), generator=gen)
-                tpl = torch.randint(n_tpl, (cfg.batch_size,), generator=gen)
-                y = id_train.labels[label][idx]
-                batch["id"] = (idx, tpl, y)
-            if need_ref:
-                r = torch.randint(len(reference), (cfg.ref_batch_size,), generator=gen)
-                batch["ref"] = (r,)
-            for attempt in range(2):  # a second attempt only when `auto` falls back from a fused step out of GPU memory
-                try:
-                    fuse = tuple(m for m in method.fusable(phase) if not (m == "img" and bn)) if mode == "fused" else ()
-                    opt.zero_grad(set_to_none=True)
-                    parts, pending = {}, []
-                    for a in range(A):  # micro-batches (A = 1: the whole batch)
-                        ctx = StepContext(model, hp=method.hparams, generator=gen, step=step, total_steps=T, cache=cache, gather=gather,
-                                          prompt_tokens=prompt_tokens, fuse=fuse)
-                        # micro-batch a of the global batch: every process's a-th chunk of its shard (gathered = their union)
-                        mb = lambda x: x.view(world, A, -1)[:, a]
-                        if "id" in batch:
-                            (ii, tt, yy), full = (mb(x)[rank] for x in batch["id"]), mb(batch["id"][0]).reshape(-1)
-                            # labels of the global micro-batch (the terms see gathered features); images and captions: this shard
-                            ctx.id_images, ctx.id_labels = prepare(id_train.images[ii]).to(device), mb(batch["id"][2]).reshape(-1).to(device)
-                            ctx.id_prompt_tokens = prompt_tokens[tt, yy].to(device)
-                            ctx.id_index = full
-                        if "ref" in batch:
-                            rr, full = mb(batch["ref"][0])[rank], mb(batch["ref"][0]).reshape(-1)
-                            ctx.ref_images, ctx.ref_tokens = prepare(reference.images[rr]).to(device), reference.tokens[rr].to(device)
-                            ctx.ref_index = full
-                            if pre_ref is not None:
-                                ctx.pre_ref_img, ctx.pre_ref_txt = pre_ref[0][full].to(device), pre_ref[1][full].to(device)
-                        for names in groups:
-                            if not names: continue
-                            lg = 0.0
-                            with autocast():
-                                for t in names:
-                                    v = TERMS[t].fn(ctx)
-                                    val = float(v.detach())
-                                    if not math.isfinite(val):
-                                        raise NonFiniteLossError(f"{method.name}: term {t!r} is {val} at phase {pi} step {step}; "
-                                                                 f"the last good checkpoint is kept in {ckpt_path}")
-                                    parts[t] = parts.get(t, 0.0) + val / A
-                                    lg = lg + weights[t] * v
-                            if A > 1: lg = lg / A
-                            if mode == "sequential": lg.backward()
-                            else: pending.append(lg)  # fused: one backward over every term
-                        if pending: sum(pending).backward(); pending = []
-                    break
-                except torch.cuda.OutOfMemoryError:
-                    if attempt or cfg.reference_pass != "auto" or mode != "fused": raise
-                    mode, parts, pending, ctx = "sequential", None, None, None
-                    torch.cuda.empty_cache()
-                    print(f"{method.name}: a fused step ran out of GPU memory; the reference pass is sequential from here on "
-                          f"(reference_pass: auto)", file=sys.stderr)
-            if world > 1: sync_gradients(params)
-            if cfg.grad_clip: clip_grad_norm_(params, cfg.grad_clip)
-            opt.step(); sched.step()
-            with torch.no_grad(): model.clip.logit_scale.clamp_(0, math.log(100))  # CLIP's clamp (1/temperature <= 100)
-            parts["loss"] = sum(weights[t] * parts[t] for t in parts)
-            if step % cfg.log_every == 0 or step == T - 1:
-                log.append({"phase": pi, "step": step, "lr": sched.get_last_lr()[0], **parts})
-            dt = time.perf_counter() - t0
-            t_all += dt
-            if step - s0 >= 2: t_steps += dt; n_timed += 1  # skip warm-up steps of the process
-            if bar is not None: bar.update(1); bar.set_postfix(loss=f"{parts['loss']:.3f}")
-            last = (pi == len(method.phases) - 1 and step == T - 1)
-            if ckpt_path is not None and ((cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or step == T - 1):
-                nxt = (pi, step + 1) if step + 1 < T else (pi + 1, 0)
-                _save_atomic({"key": key, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                              "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "phase": nxt[0], "step": nxt[1],
-                              "log": log, "reference_pass": mode}, ckpt_path)
-        resumed = None
-    if bar is not None: bar.close()
+    try:  # the progress bar is closed whatever happens, so an error is printed on a line of its own
+        for pi in range(start_phase, len(method.phases)):
+            phase, T = method.phases[pi], phase_steps[pi]
+            params = model.set_trainable(phase.train)
+            opt = torch.optim.AdamW(param_groups(model, params, cfg.weight_decay), lr=cfg.lr * phase.lr_mult,
+                                    betas=tuple(cfg.betas), eps=cfg.eps)
+            warm = int(cfg.warmup_frac * T)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, T=T, w=warm: warmup_cosine(s, T, w))
+            s0 = 0
+            if resumed is not None and pi == start_phase and start_step > 0:  # (a phase that starts afresh has a fresh optimizer)
+                opt.load_state_dict(resumed["opt"]); sched.load_state_dict(resumed["sched"]); s0 = start_step
+            weights = method.weights(phase)
+            groups = [[t for t in weights if TERMS[t].batch in g] for g in (("id", "both"), ("ref",))]
+            need_ref = any(TERMS[t].batch in ("ref", "both") for t in weights)
+            model.train()
+            for step in range(s0, T):
+                t0 = time.perf_counter()
+                batch = {}
+                if groups[0]:
+                    idx = torch.randint(n_id, (cfg.batch_size,), generator=gen)
+                    tpl = torch.randint(n_tpl, (cfg.batch_size,), generator=gen)
+                    y = id_train.labels[label][idx]
+                    batch["id"] = (idx, tpl, y)
+                if need_ref:
+                    r = torch.randint(len(reference), (cfg.ref_batch_size,), generator=gen)
+                    batch["ref"] = (r,)
+                for attempt in range(2):  # a second attempt only when `auto` falls back from a fused step out of GPU memory
+                    try:
+                        fuse = tuple(m for m in method.fusable(phase) if not (m == "img" and bn)) if mode == "fused" else ()
+                        opt.zero_grad(set_to_none=True)
+                        parts, pending = {}, []
+                        for a in range(A):  # micro-batches (A = 1: the whole batch)
+                            ctx = StepContext(model, hp=method.hparams, generator=gen, step=step, total_steps=T, cache=cache, gather=gather,
+                                              prompt_tokens=prompt_tokens, fuse=fuse)
+                            # micro-batch a of the global batch: every process's a-th chunk of its shard (gathered = their union)
+                            mb = lambda x: x.view(world, A, -1)[:, a]
+                            if "id" in batch:
+                                (ii, tt, yy), full = (mb(x)[rank] for x in batch["id"]), mb(batch["id"][0]).reshape(-1)
+                                # labels of the global micro-batch (the terms see gathered features); images and captions: this shard
+                                ctx.id_images, ctx.id_labels = prepare(id_train.images[ii]).to(device), mb(batch["id"][2]).reshape(-1).to(device)
+                                ctx.id_prompt_tokens = prompt_tokens[tt, yy].to(device)
+                                ctx.id_index = full
+                            if "ref" in batch:
+                                rr, full = mb(batch["ref"][0])[rank], mb(batch["ref"][0]).reshape(-1)
+                                ctx.ref_images, ctx.ref_tokens = prepare(reference.images[rr]).to(device), reference.tokens[rr].to(device)
+                                ctx.ref_index = full
+                                if pre_ref is not None:
+                                    ctx.pre_ref_img, ctx.pre_ref_txt = pre_ref[0][full].to(device), pre_ref[1][full].to(device)
+                            for names in groups:
+                                if not names: continue
+                                lg = 0.0
+                                with autocast():
+                                    for t in names:
+                                        v = TERMS[t].fn(ctx)
+                                        val = float(v.detach())
+                                        if not math.isfinite(val):
+                                            raise NonFiniteLossError(f"{method.name}: term {t!r} is {val} at phase {pi} step {step}; "
+                                                                     + _kept(ckpt_path, saved, total))
+                                        parts[t] = parts.get(t, 0.0) + val / A
+                                        lg = lg + weights[t] * v
+                                if A > 1: lg = lg / A
+                                if mode == "sequential": lg.backward()
+                                else: pending.append(lg)  # fused: one backward over every term
+                            if pending: sum(pending).backward(); pending = []
+                        break
+                    except torch.cuda.OutOfMemoryError:
+                        if attempt or cfg.reference_pass != "auto" or mode != "fused": raise
+                        mode, parts, pending, ctx = "sequential", None, None, None
+                        torch.cuda.empty_cache()
+                        print(f"{method.name}: a fused step ran out of GPU memory; the reference pass is sequential from here on "
+                              f"(reference_pass: auto)", file=sys.stderr)
+                if world > 1: sync_gradients(params)
+                if cfg.grad_clip: clip_grad_norm_(params, cfg.grad_clip)
+                opt.step(); sched.step()
+                with torch.no_grad(): model.clip.logit_scale.clamp_(0, math.log(100))  # CLIP's clamp (1/temperature <= 100)
+                parts["loss"] = sum(weights[t] * parts[t] for t in parts)
+                if step % cfg.log_every == 0 or step == T - 1:
+                    log.append({"phase": pi, "step": step, "lr": sched.get_last_lr()[0], **parts})
+                dt = time.perf_counter() - t0
+                t_all += dt
+                if step - s0 >= 2: t_steps += dt; n_timed += 1  # skip warm-up steps of the process
+                if bar is not None: bar.update(1); bar.set_postfix(loss=f"{parts['loss']:.3f}")
+                last = (pi == len(method.phases) - 1 and step == T - 1)
+                if ckpt_path is not None and ((cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or step == T - 1):
+                    nxt = (pi, step + 1) if step + 1 < T else (pi + 1, 0)
+                    if not (_all_finite(model.state_dict()) and _all_finite(opt.state_dict()["state"])):
+                        raise NonFiniteLossError(f"{method.name}: the weights or optimizer state became non-finite by phase {pi} "
+                                                 f"step {step} (the loss was finite); " + _kept(ckpt_path, saved, total))
+                    _save_atomic({"key": key, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                  "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "phase": nxt[0], "step": nxt[1],
+                                  "log": log, "reference_pass": mode}, ckpt_path)
+                    saved = sum(phase_steps[:nxt[0]]) + nxt[1]
+            resumed = None
+    finally:
+        if bar is not None: bar.close()
     model.eval()
     res = {"log": log, "sec_per_step": t_steps / n_timed if n_timed else t_all / max(1, total - done), "peak_rss_mb": _peak_rss_mb(), "steps": total,
            "reference_pass": mode, "fingerprint": fingerprint}
     if out is not None:
+        if not _all_finite(model.state_dict()): raise NonFiniteLossError(f"{method.name}: final weights non-finite; " + _kept(ckpt_path, saved, total))
         _save_atomic(model.state_dict(), out / "model.pt")
         (out / "train_log.json").write_text(json.dumps(res, indent=1))
     return res

@@ -135,8 +135,8 @@ def test_grad_checkpointing_engages(tiny, monkeypatch):
 
 
 def _cli(argv):
-    from dive_nb.experiment import main
-    main(argv)
+    from dive_nb.cli import main
+    assert main(argv) == 0
 
 
 def test_cli_run_under_two_processes(tiny, tmp_path):
