@@ -217,7 +217,14 @@ def aggregate(
     miss = [b for b in by if b not in df.columns]
     if miss: raise ValueError(f"by: column(s) {miss} not in the records (columns: {list(df.columns)[:12]} ...)")
     data = df[by].copy()
-    for c in cols: data[c] = pd.to_numeric(df[c], errors="coerce") if c in df.columns else np.nan
+    for c in cols:
+        if c not in df.columns: data[c] = np.nan; continue
+        data[c] = pd.to_numeric(df[c], errors="coerce")
+        bad = data[c].isna() & df[c].notna()  # a value that is there but is not a number: a damaged record, never a silent NaN
+        if bad.any():
+            i = bad.to_numpy().nonzero()[0][0]
+            where = df["path"].iloc[i] if "path" in df.columns else f"row {i}"
+            raise ValueError(f"record {where}: {c} = {df[c].iloc[i]!r} is not a number; the record is damaged: rerun the stage that wrote it")
     g = data.groupby(by, sort=False, dropna=False)[list(cols)]
     parts = {"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}
     out = pd.concat(parts, axis=1).swaplevel(0, 1, axis=1)
