@@ -132,7 +132,7 @@ SCHEMA: dict = {
     "sweeps": {"seed": INT0, "lam": {"*": Rule("list", of=NONNEG, nonempty=True)}, "alpha": Rule("list", of=PROB),
                "refsize": Rule("list", of=INT1), "wise": NAMES},
     "select": {"seed": INT0, "lr": Rule("list", of=POS, nonempty=True), "weight": Rule("list", of=NONNEG, nonempty=True),
-               "tolerance": NONNEG}}
+               "tolerance": NONNEG, "lr_rule": Rule("str", choices=("best", "one_se"))}}
 REQUIRED = ("seeds", "model", "finetune", "methods")  # without these a run would silently use built-in defaults
 
 # %% ../nbs/28_config.ipynb #7ff7a81c

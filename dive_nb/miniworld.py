@@ -58,16 +58,16 @@ BACKGROUND_RGB = np.array([
 ], dtype=np.float32)
 
 # %% ../nbs/10_miniworld.ipynb #5a59ff66
-STYLES: list[str] = ["photo", "resampled", "sketch", "cartoon", "noisy", "inverted"]
+STYLES: list[str] = ["photo", "resampled", "sketch", "chalk", "noisy", "inverted"]
 
 STYLE_ROLES: dict[str, str] = {
     "photo": "ImageNet (ID): filled, textured, lit shapes with light sensor noise",
     "resampled": "ImageNet-V2: the same photo renderer, shifted nuisance distribution "
                  "(larger rotations, harsher lighting, more jitter and noise)",
     "sketch": "ImageNet-Sketch: a thin dark outline on light paper; no colour, texture or background",
-    "cartoon": "ImageNet-R (renditions): a drawing, the shape hatched with diagonal strokes of the saturated object colour, a thick dark outline",
+    "chalk": "ImageNet-R (renditions): a chalk drawing, a thick stroke in the saturated object colour around the shape on a dark slate; no fill, texture or background",
     "noisy": "ImageNet-A (hard): the photo blurred and buried in heavy noise; with `hard_cue_prob`, its context is another class's",
-    "inverted": "ImageNet-R style palette shift: the photo with an inverted palette (255 - x)",
+    "inverted": "ImageNet-R style palette shift: a film negative, the photo in grey with an inverted palette (255 - grey)",
 }
 
 # Attributes a caption may name in each style (those still visible in the pixels).
@@ -75,7 +75,7 @@ VISIBLE: dict[str, tuple[str, ...]] = {
     "photo": ("shape", "colour", "texture", "size", "position", "background"),
     "resampled": ("shape", "colour", "texture", "size", "position", "background"),
     "sketch": ("shape", "size", "position"),
-    "cartoon": ("shape", "colour", "size", "position", "background"),
+    "chalk": ("shape", "colour", "size", "position"),
     "noisy": ("shape", "colour", "size", "position", "background"),
     "inverted": ("shape", "texture", "size", "position"),
 }
@@ -89,9 +89,9 @@ NUISANCES: tuple[str, ...] = ("rotation", "jitter_x", "jitter_y", "light_gain", 
 SIZE_FRAC = np.array([0.15, 0.22, 0.30], dtype=np.float32)       # small, medium, large
 POSITION_FRAC = np.array([-0.2, 0.0, 0.2], dtype=np.float32)     # left, centre, right
 ROTATIONS = np.arange(-60, 61, 15)                               # cached rotation grid (degrees)
-PHOTO_ROTATIONS = np.array([-30, -15, 0, 15, 30])                # photo / sketch / cartoon / noisy / inverted
+PHOTO_ROTATIONS = np.array([-30, -15, 0, 15, 30])                # photo / sketch / chalk / noisy / inverted
 RESAMPLED_ROTATIONS = np.array([-60, -45, -30, 30, 45, 60])      # the V2-like shift
-NOISE_SIGMA = {"photo": 6.0, "resampled": 14.0, "sketch": 5.0, "cartoon": 3.0,
+NOISE_SIGMA = {"photo": 6.0, "resampled": 14.0, "sketch": 5.0, "chalk": 3.0,
                "noisy": 40.0, "inverted": 6.0}                   # per-pixel noise std (0-255 scale)
 N_NOISE_FIELDS = 64
 _RENDER_CHUNK = 4096
@@ -171,7 +171,7 @@ def _texture_bank(size: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _bank(size: int) -> dict:
-    "Cached masks for every (shape, size, rotation): fill, inner sketch line, outer cartoon stroke; textures; noise."
+    "Cached masks for every (shape, size, rotation): fill, inner sketch line, outer chalk stroke; textures; noise."
     ss, s = 4, max(1, round(size / 32))  # 4x supersampling; line widths scale with the image
     big = size * ss
     hr = np.stack([_draw_fill(name, frac * big, ang, big) for name in ATTRIBUTES["shape"]
@@ -279,7 +279,7 @@ def sample_attributes(
 # %% ../nbs/10_miniworld.ipynb #8b931962
 _PAPER_RGB = np.array([238, 234, 222], np.float32)
 _INK_RGB = np.array([45, 45, 52], np.float32)
-_CARTOON_LINE_RGB = np.array([15, 15, 15], np.float32)
+_SLATE_RGB = np.array([38, 46, 42], np.float32)  # the chalk style's board
 _TEXTURE_DARKEN = 0.7  # pattern pixels keep 30% of the object colour
 
 
@@ -310,7 +310,7 @@ def _render_chunk(a: dict, size: int) -> np.ndarray:
     img -= bg
     img *= fill
     img += bg                                    # photo-like composite
-    # lighting: gain times a linear ramp in direction light_dir (not for cartoon: flat colours)
+    # lighting: gain times a linear ramp in direction light_dir (not for chalk: flat colours)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / (s / 2) - 1
     ramp = np.cos(a["light_dir"])[:, None, None] * xx + np.sin(a["light_dir"])[:, None, None] * yy
     light = a["light_gain"][:, None, None] * (1 + a["light_slope"][:, None, None] * ramp)
@@ -318,16 +318,13 @@ def _render_chunk(a: dict, size: int) -> np.ndarray:
     if len(k):
         thin = w["thin"][t[k], r0[k], c0[k]][:, None]
         img[k] = _PAPER_RGB[:, None, None] + thin * (_INK_RGB - _PAPER_RGB)[:, None, None]
-    k = np.flatnonzero(is_["cartoon"])
+    k = np.flatnonzero(is_["chalk"])
     if len(k):
         c = COLOUR_RGB[a["colour"][k]]
         c = np.clip(c.mean(1, keepdims=True) + 1.35 * (c - c.mean(1, keepdims=True)), 0, 255)[:, :, None, None]
-        # a drawing: the shape hatched with diagonal strokes in the object's (saturated) colour, a thick dark outline
-        yy_, xx_ = np.mgrid[0:s, 0:s]
-        hatch = (((xx_ + yy_) // scale) % 3 == 0).astype(np.float32)
-        im = bg[k] + (fill[k] * hatch) * (c - bg[k])
+        # a chalk drawing: a thick stroke in the object's (saturated) colour around the shape, on a dark slate
         line = w["thick"][t[k], r0[k], c0[k]][:, None]
-        img[k] = im + line * (_CARTOON_LINE_RGB[:, None, None] - im)
+        img[k] = _SLATE_RGB[:, None, None] + line * (c - _SLATE_RGB[:, None, None])
         light[k] = 1.0
     img *= light[:, None]
     k = np.flatnonzero(is_["noisy"])
@@ -339,7 +336,7 @@ def _render_chunk(a: dict, size: int) -> np.ndarray:
     img += noise
     k = np.flatnonzero(is_["inverted"])
     if len(k):
-        img[k] = 255 - img[k]
+        img[k] = 255 - img[k].mean(1, keepdims=True)  # a film negative: grey, then inverted
     np.clip(img, 0, 255, out=img)
     np.rint(img, out=img)
     return img.astype(np.uint8).transpose(0, 2, 3, 1)
@@ -384,7 +381,7 @@ STYLE_PREFIX: dict[str, list[str]] = {
     "photo": ["a", "a photo of a", "an image of a", "a picture of a"],
     "resampled": ["a", "a photo of a", "an image of a", "a picture of a"],  # a photo: no style word
     "sketch": ["a sketch of a", "a drawing of a", "a pencil sketch of a"],
-    "cartoon": ["a cartoon of a", "a cartoon drawing of a", "a cartoon image of a"],
+    "chalk": ["a chalk drawing of a", "a drawing in chalk of a", "a chalkboard drawing of a"],
     "noisy": ["a noisy photo of a", "a blurry photo of a", "a noisy image of a"],
     "inverted": ["an inverted photo of a", "a negative photo of a", "an inverted image of a"],
 }

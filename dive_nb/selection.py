@@ -10,7 +10,7 @@ from .experiment import Context, finetune_many, evaluate_run, load_params
 from .methods import get_method
 
 # %% auto #0
-__all__ = ['LR_GROUPS', 'WEIGHTED', 'INHERIT', 'choose_weight', 'select', 'write_methods']
+__all__ = ['LR_GROUPS', 'WEIGHTED', 'INHERIT', 'choose_weight', 'choose_lr', 'select', 'write_methods']
 
 # %% ../nbs/24_selection.ipynb #2159c36d
 LR_GROUPS = {"lp": ["lp"], "ft": ["ft", "lpft"], "flyp": ["flyp", "flyp_replay", "snd", "dive", "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos"]}
@@ -26,6 +26,19 @@ def choose_weight(
     ok = [w for w, a in val_acc.items() if a >= reference - tolerance]
     return max(ok) if ok else min(val_acc)
 
+def choose_lr(
+    val_acc: dict[float, float],  # learning rate -> ID validation accuracy (points)
+    n_val: int,  # ID validation examples (for the standard error)
+    rule: str = "best",  # 'best': the highest accuracy; 'one_se': the smallest lr within one standard error of the best
+) -> float:
+    "A learning rate by the selection rule. `one_se` is the one-standard-error rule (Breiman et al. 1984; ESL 7.10): accuracies within one binomial standard error of the best are a tie, and the tie goes to the most conservative (smallest) learning rate."
+    best = max(val_acc, key=lambda v: (val_acc[v], -v))
+    if rule == "best": return best
+    if rule != "one_se": raise ValueError(f"select.lr_rule must be 'best' or 'one_se', got {rule!r}")
+    p = val_acc[best] / 100
+    se = 100 * (p * (1 - p) / max(1, n_val)) ** 0.5
+    return min(v for v, a in val_acc.items() if a >= val_acc[best] - se)
+
 # %% ../nbs/24_selection.ipynb #1ab35364
 def _scores(ctx: Context, world, jobs: list, workers: int) -> list[float]:
     "ID validation accuracy of each (method, seed, run_dir, overrides) job: trained `workers` at a time, then evaluated."
@@ -40,12 +53,12 @@ def select(
     "Apply the selection rule; returns the chosen values and a row per candidate."
     sel = params.get("select") or {}
     lrs, weights = sel.get("lr", [2.5e-4, 5e-4, 1e-3]), sel.get("weight", [0.3, 1.0, 3.0, 10.0])
-    tol, seed = float(sel.get("tolerance", 1.0)), int(sel.get("seed", 0))
+    tol, seed, rule = float(sel.get("tolerance", 1.0)), int(sel.get("seed", 0)), sel.get("lr_rule", "best")
     workers = int(params.get("workers", 1))
     ctx, rows, chosen, out = Context(params, world, pretrained, teacher), [], {}, Path(out)
     want = set(methods or [m for g in LR_GROUPS.values() for m in g])
     bases = [b for b, members in LR_GROUPS.items() if want & set(members)]
-    # 1. learning rates: every base objective at every lr (trained side by side), the best ID validation accuracy wins
+    # 1. learning rates: every base objective at every lr (trained side by side), chosen by `select.lr_rule`
     jobs = [(b, seed, out / f"{b}-lr{lr:g}", {"lr": float(lr)}) for b in bases for lr in lrs]
     acc = dict(zip([j[2].name for j in jobs], _scores(ctx, world, jobs, workers)))  # run folder name -> ID val accuracy
     best_acc = {}
@@ -53,7 +66,7 @@ def select(
         for lr in lrs:
             rows.append({"method": b, "knob": "lr", "value": lr, "id_val_acc": acc[f"{b}-lr{lr:g}"]})
             print(f"select {b} lr={lr:g}: ID val {acc[f'{b}-lr{lr:g}']:.1f}", flush=True)
-        lr = max(lrs, key=lambda v: acc[f"{b}-lr{v:g}"])
+        lr = choose_lr({float(v): acc[f"{b}-lr{v:g}"] for v in lrs}, len(ctx.suite.id_val), rule)
         best_acc[b] = acc[f"{b}-lr{lr:g}"]
         for m in LR_GROUPS[b]:
             if m in want: chosen.setdefault(m, {})["lr"] = float(lr)
