@@ -10,7 +10,7 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['COMMANDS', 'CLIError', 'describe', 'cmd_check', 'cmd_world', 'cmd_pretrain', 'cmd_teacher', 'cmd_run', 'cmd_select',
-           'cmd_all', 'build_parser', 'main']
+           'cmd_all', 'cmd_evaluate', 'cmd_export', 'cmd_sweep', 'cmd_papers', 'cmd_report', 'build_parser', 'main']
 
 # %% ../nbs/29_cli.ipynb #5ac0d006
 class CLIError(Exception):
@@ -173,6 +173,92 @@ def cmd_all(args) -> int:
     for f in (cmd_world, cmd_pretrain, cmd_teacher, cmd_run): f(args)
     return 0
 
+# %% ../nbs/29_cli.ipynb #3d559e60
+def _open_checkpoint(name: str, pretrained, vocab=None):
+    "A CLIP from an open_clip tag, a weights file, or one of our run folders (its towers); (clip, tokenizer, what)."
+    from dive_nb.models import create_model
+    p = Path(str(pretrained))
+    if p.is_dir():
+        import torch, tempfile
+        from dive_nb.export import split_run_state
+        if not (p / "model.pt").is_file(): raise CLIError(f"--pretrained {p}: a folder without model.pt (not a finished run)")
+        clip, _, tok = create_model(name, vocab=vocab)
+        plain, _ = split_run_state(torch.load(p / "model.pt", map_location="cpu", weights_only=True), set(clip.state_dict()))
+        clip.load_state_dict(plain)
+        return clip.eval(), tok, f"the towers of run {p}"
+    if _is_path(pretrained) and not p.is_file(): raise CLIError(f"--pretrained {p}: no such file (give a file, a run folder or an open_clip tag)")
+    clip, _, tok = create_model(name, pretrained=str(pretrained), vocab=vocab)
+    return clip, tok, str(pretrained)
+
+def cmd_evaluate(args) -> int:
+    "Score any checkpoint (an open_clip tag, a weights file, a run folder) zero-shot on the profile's suite: the same evaluation path and record format as every run."
+    import json, time
+    params = _load(args); P = _paths(args, params)
+    if P["profile"] == "mini": _need(P["world"], "the mini world", "world", args.params, "dataset_dict.json")
+    elif not Path(P["world"]).is_dir(): raise CLIError(f"data root {P['world']} not found: set data.root in {args.params}")
+    out = Path(args.out) if args.out else P["metrics"] / "checkpoints" / f"{Path(str(args.pretrained)).name or args.pretrained}.json"
+    _writable(out.parent)
+    from dive_nb.experiment import load_suite, _model_name, _image_size, _rounded
+    from dive_nb.evaluate import evaluate, provenance
+    from dive_nb.methods import FineTuneModel
+    from dive_nb.models import prepare_images, zeroshot_classifier
+    name = args.model or _model_name(params)
+    vocab = None
+    if args.vocab: vocab = json.loads(Path(args.vocab).read_text())
+    clip, tok, what = _open_checkpoint(name, args.pretrained, vocab)
+    suite = load_suite(params, P["world"], tok, image_size=_image_size(clip))
+    t = suite.id_task
+    model = FineTuneModel(clip, zeroshot_classifier(clip, tok, t.classnames, t.templates).cpu())
+    t0 = time.time()
+    m, _ = evaluate(model, suite, tok, prepare_images, classifier="text")
+    rec = _rounded({**m, "method": "checkpoint", "model": name, "pretrained": what, "seconds": time.time() - t0, **provenance()})
+    out.write_text(json.dumps(rec, indent=1))
+    print(f"{name} ({what}): ID {m['id_acc']:.1f} OOD {m['ood_acc']['avg']:.1f} ZS {m['zs_acc']['avg']:.1f} -> {out}")
+    return 0
+
+def cmd_export(args) -> int:
+    "Write a run as a plain open_clip state dict + extras (nbs/32_export.ipynb)."
+    params = _load(args)
+    run = Path(args.run)
+    if not (run / "model.pt").is_file(): raise CLIError(f"--run {run}: no model.pt there (a finished run's folder, e.g. artifacts/mini/runs/dive/dive-0)")
+    out = Path(args.out) if args.out else run / "open_clip"
+    _writable(out)
+    from dive_nb.experiment import _model_name
+    from dive_nb.export import export_run
+    info = export_run(run, out, args.model or _model_name(params))
+    print(f"exported {run} -> {out} (merged: {str(info['merged']).lower()}; load: {info['load']})")
+    return 0
+
+def cmd_sweep(args) -> int:
+    "One sweep of params.yaml's `sweeps` (one seed), as the pipeline's sweep stages run it."
+    params = _load(args); P = _paths(args, params)
+    _check_inputs(args, params, P)
+    from dive_nb.experiment import run_sweep, sweep_runs
+    sweep_runs(params, args.name)  # an unknown sweep stops here
+    run_sweep(params, args.name, P["world"], P["pretrained"], P["teacher"], P["root"] / "sweeps", P["metrics"] / "sweeps",
+              P["root"] / "preds" / "sweeps", main_runs=P["root"] / "runs")
+    return 0
+
+def cmd_papers(args) -> int:
+    "One of the other papers' own experiments (nbs/26_paper_experiments.ipynb)."
+    params = _load(args); P = _paths(args, params)
+    _check_inputs(args, params, P)
+    from dive_nb.paper_experiments import experiment_runs, run_experiment
+    experiment_runs(params, args.name)  # an unknown experiment or a missing papers section stops here
+    run_experiment(params, args.name, P["world"], P["pretrained"], P["teacher"], P["root"] / "papers",
+                   P["metrics"] / "papers" / f"{args.name}.json", P["root"] / "preds" / "papers")
+    return 0
+
+def cmd_report(args) -> int:
+    "Every table and figure from the profile's records (the pipeline's report stage, without rebuilding README)."
+    params = _load(args); P = _paths(args, params)
+    if not Path(P["metrics"]).is_dir(): raise CLIError(f"no records at {P['metrics']}: run `dive-nb run` (or `dvc repro`) first")
+    _writable(Path(args.tables)); _writable(Path(args.figures))
+    from dive_nb.report import build_report
+    written = build_report(P["metrics"], args.tables, args.figures, preds_dir=P["root"] / "preds")
+    print(f"{len(written)} files written under {args.tables}/{P['profile']} and {args.figures}/{P['profile']}")
+    return 0
+
 # %% ../nbs/29_cli.ipynb #29ad2086
 COMMANDS = {"check": (cmd_check, "validate a parameter file (and --methods) without doing any work"),
             "world": (cmd_world, "render the mini world"),
@@ -180,6 +266,11 @@ COMMANDS = {"check": (cmd_check, "validate a parameter file (and --methods) with
             "teacher": (cmd_teacher, "cache the frozen pre-trained model's embeddings (reference pairs, prompts, probe)"),
             "run": (cmd_run, "fine-tune and evaluate methods x seeds (resumes interrupted runs)"),
             "select": (cmd_select, "choose learning rates and regularisation weights on ID validation accuracy"),
+            "evaluate": (cmd_evaluate, "score any checkpoint (open_clip tag, weights file or run folder) zero-shot on the profile's suite"),
+            "export": (cmd_export, "write a run as a plain open_clip state dict (+ head, parts and vocabulary beside it)"),
+            "sweep": (cmd_sweep, "one sweep of the file's sweeps section (lam, alpha, refsize, wise)"),
+            "papers": (cmd_papers, "one of the other papers' own experiments (m2mix, mps, promptot, csaligner)"),
+            "report": (cmd_report, "every table and figure from the profile's records"),
             "all": (cmd_all, "world, pretrain, teacher and run in one go (mini profile)")}
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,16 +288,30 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("run", "all"):
             p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="fine-tuning seeds (default: the file's seeds)")
         if name == "select": p.add_argument("--write", action="store_true", help="rewrite the chosen values into --params")
+        if name in ("sweep", "papers"):
+            p.add_argument("name", help="the sweep (lam, alpha, refsize, wise)" if name == "sweep" else "the experiment (m2mix, mps, promptot, csaligner)")
+        if name in ("evaluate", "export"):
+            p.add_argument("--model", help="model name (default: the profile's model.name)")
+        if name == "evaluate":
+            p.add_argument("--pretrained", required=True, help="an open_clip tag (e.g. openai), a weights file, or a run folder")
+            p.add_argument("--vocab", help="tiny towers: the vocabulary file written by `dive-nb export` (vocab.json)")
+            p.add_argument("--out", help="record to write (default: <metrics>/<profile>/checkpoints/<name>.json)")
+        if name == "export":
+            p.add_argument("--run", required=True, help="a finished run's folder (with model.pt)")
+            p.add_argument("--out", help="folder to write (default: <run>/open_clip)")
+        if name == "report":
+            p.add_argument("--tables", default="tables", help="tables root (default: tables)")
+            p.add_argument("--figures", default="figures", help="figures root (default: figures)")
         if name != "check":
             p.add_argument("--root", default="artifacts", help="artifacts root; the profile's name is added (default: artifacts)")
             p.add_argument("--metrics", default="metrics", help="records root; the profile's name is added (default: metrics)")
         if name in ("world", "pretrain", "teacher"):
             p.add_argument("--out", help="output folder of this stage (default: the profile's own under --root)")
-        if name in ("pretrain", "teacher", "run", "select"):
+        if name in ("pretrain", "teacher", "run", "select", "evaluate", "sweep", "papers"):
             p.add_argument("--world", help="the mini world folder, or the paper profile's data root (default: the profile's)")
-        if name in ("teacher", "run", "select"):
+        if name in ("teacher", "run", "select", "sweep", "papers"):
             p.add_argument("--pretrained", help="pre-trained weights: a file, or an open_clip tag (default: the profile's)")
-        if name in ("run", "select"):
+        if name in ("run", "select", "sweep", "papers"):
             p.add_argument("--teacher", help="teacher cache folder (default: under --root)")
         p.set_defaults(func=fn)
     return ap
