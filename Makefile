@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 # DVC stages call papermill / python: the project's venv comes first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv test sync nbtest pytest repro readme clean-venv
+.PHONY: venv test sync nbtest pytest repro readme clean-venv metrics plots status dag
 
 venv: $(STAMP)
 
@@ -49,3 +49,14 @@ readme: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# DVC views of the mini profile alone (DVC also collects paper/dvc.yaml, whose stages have not run on this machine)
+metrics: venv
+	$(BIN)/dvc metrics show metrics/mini_summary
+plots: venv
+	$(BIN)/dvc plots show $(addprefix figures/mini/,wise_curves.png lam_sweep.png mps_fewshot.png unified_id_vs_zs.png geometry_rsa.png csaligner_gap.png diffvec_pca.png embedding_geometry.png)
+status: venv
+	$(BIN)/dvc status --with-deps dvc.yaml:report
+dag: venv
+	$(BIN)/dvc dag --md dvc.yaml:report
+

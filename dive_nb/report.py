@@ -13,14 +13,15 @@ import torch
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'PAPER_OF', 'TABLES',
-           'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS', 'paper_value', 'paper_cost_ratio',
-           'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap',
-           'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine',
-           'table_refsize', 'table_wise', 'table_lam', 'table_cost', 'table_significance', 'method_setting',
-           'table_unified', 'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep',
-           'figure_unified', 'figure_world', 'figure_diffvec_pca', 'figure_embedding_geometry', 'table_m2mix',
-           'table_mps_fewshot', 'table_mps_ablation', 'table_promptot', 'table_csaligner', 'figure_mps_fewshot',
-           'figure_csaligner_gap', 'stage_durations', 'table_timing', 'build_report']
+           'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS', 'SUMMARY_COLS', 'paper_value',
+           'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise',
+           'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation',
+           'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
+           'table_significance', 'method_setting', 'table_unified', 'save_figure', 'figure_geometry_rsa',
+           'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world', 'figure_diffvec_pca',
+           'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot',
+           'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'stage_durations', 'table_timing',
+           'build_report', 'write_summary']
 
 # %% ../nbs/30_report.ipynb #7d5749de
 PAPER_SOURCE = ("Suzuki et al., DiVE: Difference Vector Equalization, AAAI 2026, arXiv 2511.09973 "
@@ -1132,3 +1133,29 @@ def build_report(
             (fdir / f"{name}.png").unlink(missing_ok=True)
     say(f"report: {len(written)} files written to {tdir} and {fdir}; {len(skipped)} skipped")
     return written
+
+# %% ../nbs/30_report.ipynb #bfb3d05f
+SUMMARY_COLS = {"id": "id_acc", "ood": "ood_acc.avg", "zs": "zs_acc.avg", "rsa": "geometry.rsa"}
+
+def write_summary(
+    metrics_dir: str | Path,  # metrics/<profile>
+    path: str | Path,  # the summary folder, e.g. metrics/mini_summary (DVC's `metrics:`): one <method>.json each
+) -> dict:  # method -> {id, id_std, ood, ood_std, zs, zs_std, rsa, rsa_std, n}
+    "What `dvc metrics show` reads: per method, one small file with the mean and std over seeds of ID, OOD, zero-shot and RSA (one row per method in DVC's table)."
+    df = load_records(metrics_dir)
+    out = {}
+    if len(df):
+        agg = aggregate(df, list(SUMMARY_COLS.values()))
+        for m in method_order(agg.index):
+            row = {}
+            for short, col in SUMMARY_COLS.items():
+                mu, sd = agg.loc[m, (col, "mean")], agg.loc[m, (col, "std")]
+                if np.isfinite(mu): row[short] = round(float(mu), 3 if short == "rsa" else 2)
+                if np.isfinite(sd): row[f"{short}_std"] = round(float(sd), 3 if short == "rsa" else 2)
+            row["n"] = int(agg.loc[m, (SUMMARY_COLS["id"], "n")])
+            out[m] = row
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    for f in path.glob("*.json"):
+        if f.stem not in out: f.unlink()  # a method no longer recorded
+    for m, row in out.items(): (path / f"{m}.json").write_text(json.dumps(row) + "\n")
+    return out

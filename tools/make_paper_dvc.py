@@ -49,9 +49,11 @@ def convert(st: dict, name: str) -> dict:
 
 
 def main() -> None:
-    mini = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    stages = {n: convert(s, n) for n, s in mini.items() if n not in ("world", "pretrain")}
-    txt = yaml.safe_dump({"vars": ["params.yaml"], "stages": stages}, sort_keys=False, width=120)
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stages = {n: convert(s, n) for n, s in doc["stages"].items() if n not in ("world", "pretrain")}
+    out = {"vars": ["params.yaml"], "stages": stages}
+    if doc.get("plots"): out["plots"] = [_paper(x) if isinstance(x, str) else {_paper(k): v for k, v in x.items()} for x in doc["plots"]]
+    txt = yaml.safe_dump(out, sort_keys=False, width=120)
     (ROOT / "paper" / "dvc.yaml").write_text(HEADER + txt)
     print("wrote paper/dvc.yaml")
 
