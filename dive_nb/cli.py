@@ -166,12 +166,13 @@ def cmd_select(args) -> int:
     return 0
 
 def cmd_all(args) -> int:
-    "world, pretrain, teacher, then run (mini profile)."
+    "world, pretrain, teacher, run, then report (mini profile): every stage but the sweeps, the other papers' experiments and the cost benchmark."
     params = _load(args); P = _paths(args, params)
+    if P["profile"] != "mini": raise CLIError("`all` runs the mini profile end to end; for the paper profile run teacher, run and report")
     _writable(P["root"]); _writable(P["metrics"])
     args.out = None
     for f in (cmd_world, cmd_pretrain, cmd_teacher, cmd_run): f(args)
-    return 0
+    return cmd_report(args)
 
 # %% ../nbs/29_cli.ipynb #3d559e60
 def _open_checkpoint(name: str, pretrained, vocab=None):
@@ -271,7 +272,7 @@ COMMANDS = {"check": (cmd_check, "validate a parameter file (and --methods) with
             "sweep": (cmd_sweep, "one sweep of the file's sweeps section (lam, alpha, refsize, wise)"),
             "papers": (cmd_papers, "one of the other papers' own experiments (m2mix, mps, promptot, csaligner)"),
             "report": (cmd_report, "every table and figure from the profile's records"),
-            "all": (cmd_all, "world, pretrain, teacher and run in one go (mini profile)")}
+            "all": (cmd_all, "world, pretrain, teacher, run and report in one go (mini profile)")}
 
 def build_parser() -> argparse.ArgumentParser:
     "The `dive-nb` parser: one subcommand per stage, help on every flag."
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             p.add_argument("--run", required=True, help="a finished run's folder (with model.pt)")
             p.add_argument("--out", help="folder to write (default: <run>/open_clip)")
-        if name == "report":
+        if name in ("report", "all"):
             p.add_argument("--tables", default="tables", help="tables root (default: tables)")
             p.add_argument("--figures", default="figures", help="figures root (default: figures)")
         if name != "check":
