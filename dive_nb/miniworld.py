@@ -65,7 +65,7 @@ STYLE_ROLES: dict[str, str] = {
     "resampled": "ImageNet-V2: the same photo renderer, shifted nuisance distribution "
                  "(larger rotations, harsher lighting, more jitter and noise)",
     "sketch": "ImageNet-Sketch: a thin dark outline on light paper; no colour, texture or background",
-    "chalk": "ImageNet-R (renditions): a chalk drawing, a thick stroke in the saturated object colour around the shape on a dark slate; no fill, texture or background",
+    "chalk": "ImageNet-R (renditions): a chalk drawing, a thin stroke in the saturated object colour along the shape's edge on a dark slate; no fill, texture or background",
     "noisy": "ImageNet-A (hard): the photo blurred and buried in heavy noise; with `hard_cue_prob`, its context is another class's",
     "inverted": "ImageNet-R style palette shift: a film negative, the photo in grey with an inverted palette (255 - grey)",
 }
@@ -322,8 +322,9 @@ def _render_chunk(a: dict, size: int) -> np.ndarray:
     if len(k):
         c = COLOUR_RGB[a["colour"][k]]
         c = np.clip(c.mean(1, keepdims=True) + 1.35 * (c - c.mean(1, keepdims=True)), 0, 255)[:, :, None, None]
-        # a chalk drawing: a thick stroke in the object's (saturated) colour around the shape, on a dark slate
-        line = w["thick"][t[k], r0[k], c0[k]][:, None]
+        # a chalk drawing: a thin stroke in the object's (saturated) colour along the shape's edge, on a dark slate
+        # (try t6 drew a thick stroke outside the edge: a circle drawn so is a photo of a ring, zero-shot 5%)
+        line = w["thin"][t[k], r0[k], c0[k]][:, None]
         img[k] = _SLATE_RGB[:, None, None] + line * (c - _SLATE_RGB[:, None, None])
         light[k] = 1.0
     img *= light[:, None]
