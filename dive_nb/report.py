@@ -13,15 +13,15 @@ import torch
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'PAPER_OF', 'TABLES',
-           'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS', 'SUMMARY_COLS', 'paper_value',
+           'METHOD_COLOURS', 'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS', 'SUMMARY_COLS', 'paper_value',
            'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise',
            'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation',
            'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
-           'table_significance', 'method_setting', 'table_unified', 'save_figure', 'figure_geometry_rsa',
-           'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world', 'figure_diffvec_pca',
-           'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot',
-           'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'stage_durations', 'table_timing',
-           'build_report', 'write_summary']
+           'table_significance', 'method_setting', 'table_unified', 'method_colour', 'save_figure',
+           'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world',
+           'figure_diffvec_pca', 'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation',
+           'table_promptot', 'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'stage_durations',
+           'table_timing', 'build_report', 'write_summary']
 
 # %% ../nbs/30_report.ipynb #7d5749de
 PAPER_SOURCE = ("Suzuki et al., DiVE: Difference Vector Equalization, AAAI 2026, arXiv 2511.09973 "
@@ -747,6 +747,19 @@ def _style():
     st.enter_context(sns.plotting_context("paper", font_scale=0.9))
     return st
 
+METHOD_COLOURS = {  # one colour per method in every figure (grouped: baselines warm/grey, FLYP family blue, DiVE family red)
+    "zeroshot": "#7f7f7f", "lp": "#bcbd22", "ft": "#ff7f0e", "lpft": "#8c564b", "wiseft": "#e6ab02",
+    "flyp": "#1f77b4", "flyp_replay": "#17becf", "snd": "#9467bd",
+    "dive": "#d62728", "dive_avl": "#f4a582", "dive_pvl": "#e377c2", "dive_alpha0": "#7b0000", "dive_cos": "#c51b7d",
+    "dive_wise": "#fb6a4a", "m2mix": "#2ca02c", "mps": "#006d5b", "promptot": "#08306b", "coop": "#6baed6",
+    "csaligner": "#74c476"}
+
+def method_colour(m: str):
+    "The method's colour (METHOD_COLOURS), or a stable hue from its name for methods not listed."
+    if m in METHOD_COLOURS: return METHOD_COLOURS[m]
+    import colorsys, zlib
+    return colorsys.hls_to_rgb((zlib.crc32(m.encode()) % 360) / 360, 0.45, 0.6)
+
 def _palette(n: int) -> list:
     "Seaborn's colour-blind palette, or evenly spaced hues when more than its 10 colours are needed."
     import seaborn as sns
@@ -795,7 +808,8 @@ def figure_wise_curves(ctx: _Context):
     if not cs: raise _Skip("no run records a WiSE curve")
     with _style():
         fig, axes = _figure(ncols=2)
-        for (m, c), col in zip(cs.items(), _palette(len(cs))):
+        for m, c in cs.items():
+            col = method_colour(c.get("method", m))
             a = np.array([p["alpha"] for p in c["curve"]])
             idv = np.array([p["id_acc"] for p in c["curve"]])
             for ax, key in zip(axes, ("ood_avg", "zs_avg")):
@@ -820,8 +834,8 @@ def figure_lam_sweep(ctx: _Context):
     ms = list(dict.fromkeys(agg.index.get_level_values("method")))
     with _style():
         fig, axes = _figure(ncols=4, width=2.4, height=2.3)
-        for m, col in zip(ms, _palette(len(ms))):
-            sub = agg.xs(m, level="method")
+        for m in ms:
+            col, sub = method_colour(m), agg.xs(m, level="method")
             xs = [values.index(v) for v in sub.index]
             for ax, c in zip(axes, cols):
                 ax.plot(xs, sub[(c, "mean")], "-o", ms=3, color=col, label=m)
@@ -837,13 +851,13 @@ def figure_unified(ctx: _Context):
     agg = aggregate(M, ["id_acc", "zs_acc.avg"])
     with _style():
         fig, (ax,) = _figure(width=4.2, height=3.4)
-        for m, col in zip(agg.index, _palette(len(agg))):
+        for m in agg.index:
             r = agg.loc[m]
             ax.errorbar(r[("id_acc", "mean")], r[("zs_acc.avg", "mean")], xerr=np.nan_to_num(r[("id_acc", "std")]),
-                        yerr=np.nan_to_num(r[("zs_acc.avg", "std")]), fmt="o", ms=4, color=col, capsize=2)
-            ax.annotate(m, (r[("id_acc", "mean")], r[("zs_acc.avg", "mean")]), xytext=(3, 3),
-                        textcoords="offset points", fontsize=6)
-        ax.set_xlabel("ID (%)"); ax.set_ylabel("ZS avg (%)"); ax.set_title("Every method: ID vs zero-shot")
+                        yerr=np.nan_to_num(r[("zs_acc.avg", "std")]), fmt="o", ms=4, color=method_colour(m), capsize=2, label=m)
+        ax.set_xlabel("ID accuracy (%)"); ax.set_ylabel("zero-shot average (%)")
+        ax.set_title("Every method: ID vs zero-shot (mean ± std over seeds)", fontsize=8)
+        ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # a legend, not overlapping labels
     return fig
 
 def figure_world(ctx: _Context, n: int = 8, seed: int = 0):
@@ -1021,9 +1035,9 @@ def figure_mps_fewshot(ctx: _Context):
     D = D[D["variant"] == "main"]
     with _style():
         fig, (ax,) = _figure(width=3.8, height=2.8)
-        for m, col in zip([m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])], _palette(4)):
+        for m in [m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])]:
             d = D[D["method"] == m].sort_values("shots")
-            ax.plot(d["shots"], d["id_acc"], "o-", ms=3, color=col, label=m)
+            ax.plot(d["shots"], d["id_acc"], "o-", ms=3, color=method_colour(m), label=m)
         ax.set_xscale("log", base=2); ax.set_xlabel("shots per class (K)"); ax.set_ylabel("ID (%)")
         ax.set_title("Few-shot ID accuracy"); ax.legend(fontsize=7)
     return fig
