@@ -20,8 +20,8 @@ __all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'S
            'table_significance', 'method_setting', 'table_unified', 'method_colour', 'save_figure',
            'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world',
            'figure_diffvec_pca', 'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation',
-           'table_promptot', 'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'stage_durations',
-           'table_timing', 'build_report', 'write_summary']
+           'table_promptot', 'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'figure_id_vs_ood',
+           'stage_durations', 'table_timing', 'build_report', 'write_summary']
 
 # %% ../nbs/30_report.ipynb #7d5749de
 PAPER_SOURCE = ("Suzuki et al., DiVE: Difference Vector Equalization, AAAI 2026, arXiv 2511.09973 "
@@ -856,7 +856,7 @@ def figure_unified(ctx: _Context):
             ax.errorbar(r[("id_acc", "mean")], r[("zs_acc.avg", "mean")], xerr=np.nan_to_num(r[("id_acc", "std")]),
                         yerr=np.nan_to_num(r[("zs_acc.avg", "std")]), fmt="o", ms=4, color=method_colour(m), capsize=2, label=m)
         ax.set_xlabel("ID accuracy (%)"); ax.set_ylabel("zero-shot average (%)")
-        ax.set_title("Every method: ID vs zero-shot (mean ± std over seeds)", fontsize=8)
+        ax.set_title("ID vs zero-shot (mean ± std over seeds)", fontsize=8)
         ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # a legend, not overlapping labels
     return fig
 
@@ -1062,6 +1062,42 @@ TABLES.update({"m2mix_retrieval": table_m2mix, "mps_fewshot": table_mps_fewshot,
 FIGURES.update({"mps_fewshot": figure_mps_fewshot, "csaligner_gap": figure_csaligner_gap})
 PAPER_FIGURES = ("mps_fewshot", "csaligner_gap")  # need metrics/<profile>/papers/ (PAPER_TABLES: theirs and the timing)
 
+
+# %% ../nbs/30_report.ipynb #e11bc359
+def _mean_curves(ctx: _Context) -> dict[str, dict]:
+    "Method -> {label, n, alpha, id, ood}: the WiSE-FT curves of the main runs, averaged over the seeds that record one."
+    M, out = ctx.main, {}
+    if not len(M) or "curve" not in M.columns: return out
+    ok = M[M["curve"].map(lambda c: isinstance(c, list) and len(c) > 0)]
+    for m in method_order(ok["method"]):
+        pts = pd.DataFrame([{**p, "seed": s} for s, c in zip(ok.loc[ok["method"] == m, "seed"], ok.loc[ok["method"] == m, "curve"]) for p in c])
+        g = pts.groupby("alpha")[["id_acc", "ood_avg"]].mean()
+        out[m] = {"label": "ft (WiSE-FT)" if m == "wiseft" else f"{m} (WiSE-FT)", "n": pts["seed"].nunique(),
+                  "alpha": g.index.to_numpy(), "id": g["id_acc"].to_numpy(), "ood": g["ood_avg"].to_numpy()}
+    return out
+
+def figure_id_vs_ood(ctx: _Context):
+    "Effective robustness (Taori et al. 2020; WiSE-FT): every method's ID vs OOD average (mean ± std over seeds) and the WiSE-FT curves."
+    M = ctx.need()
+    agg = aggregate(M, ["id_acc", "ood_acc.avg"])
+    curves = _mean_curves(ctx)
+    with _style():
+        fig, (ax,) = _figure(width=4.6, height=3.4)
+        for m, c in curves.items():
+            base = "ft" if m == "wiseft" else m
+            ax.plot(c["id"], c["ood"], "--", lw=1, marker=".", ms=3, color=method_colour(base), alpha=0.8,
+                    label=f"{c['label']}, α 0 → 1 (mean of {c['n']} seed{'s' if c['n'] > 1 else ''})")
+        for m in agg.index:
+            if m == "wiseft" and "wiseft" in curves: continue  # its curve is drawn
+            r = agg.loc[m]
+            ax.errorbar(r[("id_acc", "mean")], r[("ood_acc.avg", "mean")], xerr=np.nan_to_num(r[("id_acc", "std")]),
+                        yerr=np.nan_to_num(r[("ood_acc.avg", "std")]), fmt="o", ms=4, color=method_colour(m), capsize=2, label=m)
+        ax.set_xlabel("ID accuracy (%)"); ax.set_ylabel("OOD average accuracy (%)")
+        ax.set_title("Effective robustness (mean ± std over seeds)", fontsize=8)
+        ax.legend(fontsize=5.5, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return fig
+
+FIGURES["id_vs_ood"] = figure_id_vs_ood
 
 # %% ../nbs/30_report.ipynb #55059838
 CORE_METHODS = ("lp", "ft", "lpft", "flyp", "flyp_replay", "snd", "dive", "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos",

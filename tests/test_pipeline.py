@@ -55,6 +55,16 @@ def test_dvc_pipeline_smoke(tmp_path):
               "mps_fewshot", "csaligner_gap"):
         assert (repo / f"figures/mini/{f}.png").read_bytes()[:4] == b"\x89PNG", f
     assert (repo / "executed/mini/04_finetune-dive.ipynb").exists()
+    # readable DVC views: one short row per method in `dvc metrics show`, the figures in `dvc plots show`
+    assert json.loads((repo / "metrics/mini_summary/dive.json").read_text())["n"] == 3
+    r = _sh("dvc metrics show metrics/mini_summary", repo)
+    assert r.returncode == 0 and "dive.json" in r.stdout and max(map(len, r.stdout.splitlines())) < 200, r.stdout[:2000]
+    r = _sh("dvc plots show -o plots_html figures/mini/wise_curves.png figures/mini/lam_sweep.png figures/mini/mps_fewshot.png "
+            "figures/mini/unified_id_vs_zs.png figures/mini/geometry_rsa.png", repo)
+    assert r.returncode == 0, r.stderr[-2000:]
+    html = (repo / "plots_html" / "index.html").read_text()
+    assert sum(html.count(f) for f in ("wise_curves", "lam_sweep", "mps_fewshot", "unified_id_vs_zs", "geometry_rsa")) >= 4
+    shutil.rmtree(repo / "plots_html")
     readme = (repo / "README.md").read_text()
     assert "**Table" in readme and "No results yet" not in readme
     # a second repro does nothing
