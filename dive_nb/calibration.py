@@ -135,7 +135,7 @@ def calibrate(
     for k, s, d, _ in [("zeroshot", s, None, {}) for s in seeds] + jobs:
         r = evaluate_run(ctx, k, s, d or a / "runs", m / f"{k}-{s}.json", a / "preds" / f"{k}-{s}.preds.pt", wise=(k == "ft"))
         print(f"{k:9s} seed {s}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f}", flush=True)
-    lr_groups = {k: chosen[k]["lr"] for k in ("lp", "ft", "flyp") if k in chosen}
+    lr_groups = {k: chosen[k]["lr"] for k in ("lp", "ft", "lpft", "flyp") if k in chosen}
     rows = regime_rows(load_records(m), (params.get("select") or {}).get("lr"), lr_groups)
     (m / "regime.md").write_text(regime_markdown(rows, f"Regime criteria of calibration try {m.name}"))
     pd.DataFrame(rows).to_csv(m / "regime.csv", index=False)

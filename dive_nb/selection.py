@@ -13,7 +13,7 @@ from .methods import get_method
 __all__ = ['LR_GROUPS', 'WEIGHTED', 'INHERIT', 'choose_weight', 'choose_lr', 'select', 'write_methods']
 
 # %% ../nbs/24_selection.ipynb #2159c36d
-LR_GROUPS = {"lp": ["lp"], "ft": ["ft", "lpft"], "flyp": ["flyp", "flyp_replay", "snd", "dive", "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos"]}
+LR_GROUPS = {"lp": ["lp"], "ft": ["ft"], "lpft": ["lpft"], "flyp": ["flyp", "flyp_replay", "snd", "dive", "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos"]}
 WEIGHTED = {"flyp_replay": "w", "snd": "w", "dive": "lam", "dive_cos": "lam"}
 INHERIT = {"dive_avl": "dive", "dive_pvl": "dive", "dive_alpha0": "dive"}  # ablations keep DiVE's weight
 

@@ -164,11 +164,11 @@ def test_select_applies_the_rule_to_every_candidate(tiny):
     params = {**params, "workers": 2, "select": {"seed": 0, "lr": [1e-4, 1e-2], "weight": [0.1, 10.0], "tolerance": 1.0}}
     chosen, rows = select(params, world, pre, teacher, d / "select", ["lp", "ft", "lpft", "flyp", "dive", "dive_avl"])
     got = {(r["method"], r["knob"], r["value"]): r["id_val_acc"] for r in rows}
-    assert {(m, "lr", v) for m in ("lp", "ft", "flyp") for v in (1e-4, 1e-2)} | {("dive", "lam", w) for w in (0.1, 10.0)} == set(got)
+    assert {(m, "lr", v) for m in ("lp", "ft", "lpft", "flyp") for v in (1e-4, 1e-2)} | {("dive", "lam", w) for w in (0.1, 10.0)} == set(got)
     # each score is the run's own ID validation accuracy (the run folder is re-evaluated here in this process)
     ctx = Context(params, world, pre, teacher)
     assert evaluate_run(ctx, "ft", 0, d / "select" / "ft-lr0.01", overrides={"lr": 0.01})["id_val_acc"] == got["ft", "lr", 0.01]
-    for b, members in (("lp", ["lp"]), ("ft", ["ft", "lpft"]), ("flyp", ["flyp", "dive", "dive_avl"])):
+    for b, members in (("lp", ["lp"]), ("ft", ["ft"]), ("lpft", ["lpft"]), ("flyp", ["flyp", "dive", "dive_avl"])):
         best = max((1e-4, 1e-2), key=lambda v: got[b, "lr", v])
         assert all(chosen[m]["lr"] == best for m in members), (b, chosen)
     ref = max(got["flyp", "lr", v] for v in (1e-4, 1e-2))
