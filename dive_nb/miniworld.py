@@ -382,7 +382,7 @@ STYLE_PREFIX: dict[str, list[str]] = {
     "photo": ["a", "a photo of a", "an image of a", "a picture of a"],
     "resampled": ["a", "a photo of a", "an image of a", "a picture of a"],  # a photo: no style word
     "sketch": ["a sketch of a", "a drawing of a", "a pencil sketch of a"],
-    "chalk": ["a chalk drawing of a", "a drawing in chalk of a", "a chalkboard drawing of a"],
+    "chalk": ["a cartoon of a", "a coloured cartoon of a", "a cartoon drawing of a"],  # the old style's words: the vocabulary (and every tiny tower) stays as it was
     "noisy": ["a noisy photo of a", "a blurry photo of a", "a noisy image of a"],
     "inverted": ["an inverted photo of a", "a negative photo of a", "an inverted image of a"],
 }
