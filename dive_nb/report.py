@@ -841,7 +841,8 @@ def figure_lam_sweep(ctx: _Context):
                 ax.plot(xs, sub[(c, "mean")], "-o", ms=3, color=col, label=m)
         for ax, c in zip(axes, cols):
             ax.set_xticks(range(len(values)), [f"{v:g}" if not isinstance(v, str) else v for v in values], rotation=45)
-            ax.set_xlabel("λ"); ax.set_title(_label(c), fontsize=8)
+            ax.set_xlabel("λ (regularisation weight)"); ax.set_title(_label(c), fontsize=8)
+            ax.set_ylabel("RSA vs pre-trained" if c == "geometry.rsa" else f"{_label(c)} accuracy (%)")
         axes[0].legend(fontsize=7)
     return fig
 
