@@ -18,13 +18,13 @@ class CLIError(Exception):
 
 def _paths(args, params: dict) -> dict:
     "The world (or data root), pre-trained weights, teacher, runs and metrics folders of a command, flags first."
+    from dive_nb.experiment import profile_paths  # the profile's own paths, as the pipeline's stages use them
     prof = params.get("profile", "mini")
     root, met = Path(args.root) / prof, Path(args.metrics) / prof
-    if prof == "mini": world, pre = root / "world", root / "pretrained" / "model.pt"
-    else: world, pre = Path((params.get("data") or {}).get("root", "data")), (params.get("model") or {}).get("pretrained", "openai")
-    return {"world": Path(args.world) if getattr(args, "world", None) else world,
-            "pretrained": getattr(args, "pretrained", None) or pre,
-            "teacher": Path(args.teacher) if getattr(args, "teacher", None) else root / "teacher",
+    P = profile_paths(params, root)
+    return {"world": Path(args.world) if getattr(args, "world", None) else P["world"],
+            "pretrained": getattr(args, "pretrained", None) or P["pretrained"],
+            "teacher": Path(args.teacher) if getattr(args, "teacher", None) else P["teacher"],
             "root": root, "metrics": met, "profile": prof}
 
 def _need(path, what: str, stage: str, params_file: str, marker: str | None = None) -> None:

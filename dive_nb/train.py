@@ -194,10 +194,9 @@ def train(
         model.load_state_dict(resumed["model"])
         gen.set_state(resumed["gen"]); torch.set_rng_state(resumed["torch_rng"])
         start_phase, start_step, log = resumed["phase"], resumed["step"], resumed["log"]
-        done0 = sum(phase_steps[:start_phase]) + start_step
-        if done0 < sum(phase_steps) and cfg.progress:
-            print(f"{method.name}: resuming from step {done0} of {sum(phase_steps)} ({ckpt_path})", file=sys.stderr)
     saved = sum(phase_steps[:start_phase]) + start_step if resumed is not None else None  # steps in the last checkpoint
+    if saved is not None and saved < sum(phase_steps) and cfg.progress:
+        print(f"{method.name}: resuming from step {saved} of {sum(phase_steps)} ({ckpt_path})", file=sys.stderr)
     # the reference pass, fixed for the whole run (a resumed run keeps the one it started with)
     mode = (resumed or {}).get("reference_pass") or ("fused" if cfg.reference_pass == "auto" else cfg.reference_pass)
     bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())  # batch statistics: never fuse
