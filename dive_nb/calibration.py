@@ -55,41 +55,45 @@ def regime_rows(
     df: pd.DataFrame,  # records (dive_nb.report.load_records): zeroshot, lp, ft, lpft, flyp
     lr_grid: list[float] | None = None,  # the searched learning rates (None: the `sel` row is left out)
     chosen_lr: dict[str, float] | None = None,  # method -> selected learning rate
+    only=None,  # criterion ids to evaluate (default: all; e.g. R1, R2, R3, R6, R7 need no lpft run or WiSE-FT curve)
 ) -> list[dict]:  # one row per criterion: id, criterion, paper, ours, pass
     "Evaluate R1-R8 (and the selection criterion) on the records."
     g = lambda m, c: by_seed(df, m, c)
+    want = lambda cid: only is None or cid in only
     zs = {c: float(g("zeroshot", c).mean()) for c in ("id_acc", "ood_acc.avg", "zs_acc.avg", "ood_acc.resampled")}
     rows = []
     def add(cid, text, ours, ok): rows.append({"id": cid, "criterion": text, "paper": PAPER_REGIME[cid], "ours": ours, "pass": bool(ok)})
-    ft, fl, lp, lpft = (g(m, "id_acc") for m in ("ft", "flyp", "lp", "lpft"))
-    add("R1", "ft and flyp ID ≥ zero-shot ID + 8", f"zs {zs['id_acc']:.2f}; ft {_ms(ft)}; flyp {_ms(fl)}",
+    ft, fl, lp = (g(m, "id_acc") for m in ("ft", "flyp", "lp"))
+    if want("R1"): add("R1", "ft and flyp ID ≥ zero-shot ID + 8", f"zs {zs['id_acc']:.2f}; ft {_ms(ft)}; flyp {_ms(fl)}",
         min(ft.mean(), fl.mean()) >= zs["id_acc"] + 8)
     share = (lp - zs["id_acc"]) / (ft - zs["id_acc"])
-    add("R2", "(lp − zs) ≥ 0.6 (ft − zs) on ID", f"share {_ms(share)} (lp {_ms(lp)})",
+    if want("R2"): add("R2", "(lp − zs) ≥ 0.6 (ft − zs) on ID", f"share {_ms(share)} (lp {_ms(lp)})",
         lp.mean() - zs["id_acc"] >= 0.6 * (ft.mean() - zs["id_acc"]))
     styles = [c.split(".", 1)[1] for c in df.columns if c.startswith("ood_acc.") and c not in ("ood_acc.avg", "ood_acc.resampled")]
     ft_ood = g("ft", "ood_acc.avg")
     drop = zs["ood_acc.avg"] - ft_ood
     lower = [s for s in styles if g("ft", f"ood_acc.{s}").mean() < g("zeroshot", f"ood_acc.{s}").mean()]
-    add("R3", "zs OOD − ft OOD in [2, 10]; ft < zs on ≥ 3 of the non-resampled styles",
+    if want("R3"): add("R3", "zs OOD − ft OOD in [2, 10]; ft < zs on ≥ 3 of the non-resampled styles",
         f"drop {_ms(drop)}; lower on {len(lower)}/{len(styles)} ({', '.join(lower) or 'none'})",
         2 <= drop.mean() <= 10 and len(lower) >= 3)
-    gain = g("lpft", "ood_acc.avg") - ft_ood
-    add("R4", "lpft OOD ≥ ft OOD + 1", f"lpft − ft {_ms(gain)}", gain.mean() >= 1)
-    w = wise_ood(df).mean(axis=1).sort_index()
-    ends = max(w.iloc[0], w.iloc[-1]); inner = w.iloc[1:-1]
-    add("R5", "some α in (0, 1): ft WiSE-FT OOD ≥ 1 + the better end",
-        f"best α {inner.idxmax():g}: {inner.max():.2f} vs ends {w.iloc[0]:.2f} (α 0), {w.iloc[-1]:.2f} (α 1)",
-        inner.max() >= ends + 1)
+    if want("R4"):
+        gain = g("lpft", "ood_acc.avg") - ft_ood
+        add("R4", "lpft OOD ≥ ft OOD + 1", f"lpft − ft {_ms(gain)}", gain.mean() >= 1)
+    if want("R5"):
+        w = wise_ood(df).mean(axis=1).sort_index()
+        ends = max(w.iloc[0], w.iloc[-1]); inner = w.iloc[1:-1]
+        add("R5", "some α in (0, 1): ft WiSE-FT OOD ≥ 1 + the better end",
+            f"best α {inner.idxmax():g}: {inner.max():.2f} vs ends {w.iloc[0]:.2f} (α 0), {w.iloc[-1]:.2f} (α 1)",
+            inner.max() >= ends + 1)
     zdrop = zs["zs_acc.avg"] - g("flyp", "zs_acc.avg")
-    add("R6", "flyp zero-shot average 8 to 30 below zero-shot's", f"drop {_ms(zdrop)}", 8 <= zdrop.mean() <= 30)
+    if want("R6"): add("R6", "flyp zero-shot average 8 to 30 below zero-shot's", f"drop {_ms(zdrop)}", 8 <= zdrop.mean() <= 30)
     rs = g("ft", "ood_acc.resampled") - zs["ood_acc.resampled"]
-    add("R7", "ft ≥ zero-shot + 3 on resampled", f"ft − zs {_ms(rs)}", rs.mean() >= 3)
+    if want("R7"): add("R7", "ft ≥ zero-shot + 3 on resampled", f"ft − zs {_ms(rs)}", rs.mean() >= 3)
     fo = g("flyp", "ood_acc.avg")
-    add("R8", "flyp OOD ≥ ft OOD + 1 and ≥ zero-shot OOD − 3",
+    if want("R8"): add("R8", "flyp OOD ≥ ft OOD + 1 and ≥ zero-shot OOD − 3",
         f"flyp − ft {_ms(fo - ft_ood)}; flyp − zs {_ms(fo - zs['ood_acc.avg'])}",
         (fo - ft_ood).mean() >= 1 and fo.mean() >= zs["ood_acc.avg"] - 3)
-    if lr_grid is not None and chosen_lr:
+    if lr_grid is not None and chosen_lr and want("sel"):
         lo, hi = min(lr_grid), max(lr_grid)
         inside = {m: lo < v < hi for m, v in chosen_lr.items()}
         add("sel", "every selected lr strictly inside the grid",
@@ -111,7 +115,7 @@ def calibrate(
     methods=TRAINED,  # baselines to train (checked before any work)
 ) -> list[dict]:  # the regime rows
     "One calibration try, baselines only: world → pre-training → teacher → lr selection → seeds → records → regime.md."
-    from dive_nb.experiment import load_params, stage_world, stage_pretrain, stage_teacher, Context, finetune_many, evaluate_run
+    from dive_nb.experiment import load_params, prepare_world, train_and_record
     from dive_nb.selection import select
     from dive_nb.report import load_records
     methods = check_baselines(methods)
@@ -119,22 +123,14 @@ def calibrate(
     a, m = Path(artifacts), Path(metrics)
     m.mkdir(parents=True, exist_ok=True)
     if Path(params_file).resolve() != (m / "params.yaml").resolve(): shutil.copyfile(params_file, m / "params.yaml")
-    world, pre, teach = a / "world", a / "pretrained" / "model.pt", a / "teacher"
-    if not (world / "dataset_dict.json").exists(): stage_world(params, world)
-    if not pre.exists(): stage_pretrain(params, world, pre.parent)
+    world, pre, teach = prepare_world(params, a)
     shutil.copyfile(pre.parent / "zeroshot.json", m / "pretrained.json")
-    if not (teach / "teacher.pt").exists(): stage_teacher(params, world, pre, teach)
     chosen, sel_rows = select(params, world, pre, teach, a / "select", methods)
     pd.DataFrame(sel_rows).to_csv(m / "selection.csv", index=False)
     (m / "selection.json").write_text(json.dumps(chosen, indent=1))
     for k, v in chosen.items(): params.setdefault("methods", {}).setdefault(k, {}).update(v)
     seeds = [int(s) for s in params.get("seeds", [0])]
-    jobs = [(k, s, a / "runs" / f"{k}-{s}", {}) for k in methods for s in seeds]
-    finetune_many(params, world, pre, teach, jobs, workers=int(params.get("workers", 1)))
-    ctx = Context(params, world, pre, teach)
-    for k, s, d, _ in [("zeroshot", s, None, {}) for s in seeds] + jobs:
-        r = evaluate_run(ctx, k, s, d or a / "runs", m / f"{k}-{s}.json", a / "preds" / f"{k}-{s}.preds.pt", wise=(k == "ft"))
-        print(f"{k:9s} seed {s}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f}", flush=True)
+    train_and_record(params, world, pre, teach, ["zeroshot", *methods], seeds, a / "runs", m, a / "preds")
     lr_groups = {k: chosen[k]["lr"] for k in ("lp", "ft", "lpft", "flyp") if k in chosen}
     rows = regime_rows(load_records(m), (params.get("select") or {}).get("lr"), lr_groups)
     (m / "regime.md").write_text(regime_markdown(rows, f"Regime criteria of calibration try {m.name}"))

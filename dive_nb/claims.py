@@ -5,16 +5,17 @@
 # %% ../nbs/31_claims.ipynb #7696e645
 from __future__ import annotations
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 # %% auto #0
-__all__ = ['VERDICTS', 'SETS', 'SCALARS', 'DIVE_CLAIMS', 'CLAIM_COLUMNS', 'verdict', 'combine', 'pooled', 'compare_accuracy',
-           'compare_scalar', 'Claim', 'judge', 'judge_refsize', 'curve_ood_at', 'judge_effective_robustness',
-           'judge_cost', 'claims_frame', 'table_claims', 'selection_lrs', 'table_regime']
+__all__ = ['VERDICTS', 'SETS', 'SCALARS', 'DIVE_CLAIMS', 'CLAIM_COLUMNS', 'WORLD_CRITERIA', 'WORLD_CLAIMS', 'verdict', 'combine',
+           'pooled', 'compare_accuracy', 'compare_scalar', 'Claim', 'judge', 'judge_refsize', 'curve_ood_at',
+           'judge_effective_robustness', 'judge_cost', 'claims_frame', 'table_claims', 'selection_lrs', 'table_regime',
+           'worlds_frame', 'table_worlds']
 
 # %% ../nbs/31_claims.ipynb #7faa46f4
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not run", "out of scope", "informational")
@@ -277,3 +278,46 @@ def table_regime(ctx):  # -> dive_nb.report.Table
 
 from .report import TABLES
 TABLES.update({"regime": table_regime, "claims": table_claims})
+
+# %% ../nbs/31_claims.ipynb #35de61af
+WORLD_CRITERIA = ("R1", "R2", "R3", "R6", "R7")  # the regime criteria the worlds stage's methods can answer
+_WORLD_TEXT = {"D1": "OOD average above FLYP", "D2": "zero-shot kept (≥ pre-trained − 1)", "D3": "ID kept: ≥ FLYP − 1"}
+WORLD_CLAIMS = tuple(replace(c, claim=_WORLD_TEXT[c.claim_id], rivals=tuple((r, m) for r, m in c.rivals if r in ("flyp", "zeroshot")),
+                             note="") for c in DIVE_CLAIMS if c.claim_id in _WORLD_TEXT)  # D1-D3 against FLYP and zero-shot only
+
+def worlds_frame(
+    ctxs: dict,  # world name -> report context (records in .main, predictions through .run_preds)
+) -> pd.DataFrame:  # world, id, what, ours, result
+    "Per world: the regime criteria in WORLD_CRITERIA and the claims in WORLD_CLAIMS, each with its result."
+    from dive_nb.calibration import regime_rows
+    rows = []
+    for w, c in ctxs.items():
+        try: crit = regime_rows(c.main, only=WORLD_CRITERIA)
+        except (ValueError, KeyError) as e:
+            crit = [{"id": k, "criterion": "", "ours": f"not run ({e})", "pass": None} for k in WORLD_CRITERIA]
+        rows += [{"world": w, "id": r["id"], "what": r["criterion"], "ours": r["ours"],
+                  "result": {True: "pass", False: "FAIL", None: "not run"}[r["pass"]]} for r in crit]
+        for cl in WORLD_CLAIMS:
+            j = judge(cl, c, w)
+            rows.append({"world": w, "id": cl.claim_id, "what": cl.claim, "ours": j["detail"], "result": j["verdict"]})
+    return pd.DataFrame(rows, columns=["world", "id", "what", "ours", "result"])
+
+def table_worlds(ctx):  # -> dive_nb.report.Table
+    "The regime criteria and D1-D3 on world 0 (main runs) and on every other world the `worlds` stage ran."
+    from dive_nb.report import Table, SkipTable
+    root = Path(ctx.metrics_dir) / "worlds"
+    names = sorted(p.name for p in root.glob("world*") if p.is_dir()) if root.is_dir() else []
+    if not names: raise SkipTable(f"no other worlds in {root} (stage `worlds`)")
+    pre = Path(ctx.preds_dir) / "worlds" if ctx.preds_dir is not None else None
+    ctxs = {"world 0": ctx, **{f"world {n[5:]}": type(ctx)(root / n, None if pre is None else pre / n, ctx.n_boot, ctx.seed)
+                               for n in names}}
+    num = worlds_frame(ctxs)
+    cell = num.assign(cell=num["result"] + ": " + num["ours"])
+    md = cell.pivot_table(index=["id", "what"], columns="world", values="cell", aggfunc="first", sort=False).reset_index()
+    n = {w: f"{(g['result'].isin(['pass', 'reproduced'])).sum()} of {len(g)}" for w, g in num.groupby("world", sort=False)}
+    return Table("worlds", "Other worlds: the regime criteria R1, R2, R3, R6, R7 and DiVE's D1-D3 (against FLYP and the "
+                 "zero-shot model only) per world seed; world 0 is the main runs (3 seeds), worlds 1 and 2 one fine-tuning "
+                 "seed each with world 0's hyperparameters.", md, num,
+                 ["Passing or reproduced: " + "; ".join(f"{w} {v}" for w, v in n.items()) + "."])
+
+TABLES["worlds"] = table_worlds

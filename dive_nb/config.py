@@ -129,6 +129,7 @@ SCHEMA: dict = {
                "promptot": _paper_exp(shots=INT1, n_classes=Rule("int", lo=2)),
                "csaligner": _paper_exp(pair_batch_size=INT1, n_paired=INT1)},
     "cost": {"steps": INT1, "repeats": INT1},
+    "worlds": {"seeds": Rule("list", of=INT0), "seed": INT0, "methods": NAMES},  # other world seeds (nbs/23_experiment.ipynb)
     "sweeps": {"seed": INT0, "lam": {"*": Rule("list", of=NONNEG, nonempty=True)}, "alpha": Rule("list", of=PROB),
                "refsize": Rule("list", of=INT1), "wise": NAMES},
     "select": {"seed": INT0, "lr": Rule("list", of=POS, nonempty=True), "weight": Rule("list", of=NONNEG, nonempty=True),
@@ -217,6 +218,7 @@ def check_params(
         for key in ("main_methods", "wise_curves"): check_method_names(out.get(key), reg, key)
         check_method_names((out.get("sweeps") or {}).get("wise"), reg, "sweeps.wise")
         check_method_names((out.get("sweeps") or {}).get("lam"), reg, "sweeps.lam")
+        check_method_names((out.get("worlds") or {}).get("methods"), reg, "worlds.methods")
         check_method_names(methods, reg, "--methods")
         f = out["finetune"]
         if "ref_batch_size" in f and "batch_size" in f and f["ref_batch_size"] > 100 * f["batch_size"]:

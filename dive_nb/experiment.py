@@ -17,9 +17,10 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
                             count_parameters, zeroshot_classifier, model_fingerprint, StaleTeacherCache)
 
 # %% auto #0
-__all__ = ['resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher', 'profile_paths', 'resolve_device',
-           'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'worker_context', 'map_in_workers',
-           'finetune_many', 'sweep_runs', 'run_sweep', 'main']
+__all__ = ['WORLD_METHODS', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher', 'profile_paths',
+           'resolve_device', 'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'worker_context',
+           'map_in_workers', 'finetune_many', 'sweep_runs', 'run_sweep', 'prepare_world', 'train_and_record',
+           'run_world', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 from .config import load_params, apply_variant, ParamsError  # one reader and validator (nbs/28_config.ipynb)
@@ -410,6 +411,58 @@ def run_sweep(
         rec["name"] = name
         out.append(rec)
     return out
+
+# %% ../nbs/23_experiment.ipynb #65d86b8a
+def prepare_world(
+    params: dict,
+    artifacts: str | Path,  # world/, pretrained/ and teacher/ go here
+) -> tuple[Path, Path, Path]:  # (world, pretrained model.pt, teacher)
+    "World, pre-trained model and teacher cache of one parameter set, each built unless already there."
+    a = Path(artifacts)
+    world, pre, teach = a / "world", a / "pretrained" / "model.pt", a / "teacher"
+    if not (world / "dataset_dict.json").exists(): stage_world(params, world)
+    if not pre.exists(): stage_pretrain(params, world, pre.parent)
+    if not (teach / "teacher.pt").exists(): stage_teacher(params, world, pre, teach)
+    return world, pre, teach
+
+def train_and_record(
+    params: dict, world, pretrained, teacher,
+    methods,  # method names; `zeroshot` is evaluated, the others trained first (`workers` at a time)
+    seeds,  # fine-tuning seeds
+    runs: str | Path,  # run folders: runs/<method>-<seed>
+    metrics: str | Path,  # records: metrics/<method>-<seed>.json
+    preds: str | Path,  # per-example predictions: preds/<method>-<seed>.preds.pt
+    wise=("ft",),  # methods whose records carry their WiSE-FT curve
+) -> list[dict]:  # the records, in the order evaluated
+    "Train and evaluate methods x seeds into one folder of records."
+    runs, metrics, preds = Path(runs), Path(metrics), Path(preds)
+    jobs = [(k, int(s), runs / f"{k}-{s}", {}) for k in methods if k != "zeroshot" for s in seeds]
+    finetune_many(params, world, pretrained, teacher, jobs, workers=int(params.get("workers", 1)))
+    ctx, out = Context(params, world, pretrained, teacher), []
+    for k, s, d, _ in [("zeroshot", int(s), runs, {}) for s in seeds if "zeroshot" in methods] + jobs:
+        r = evaluate_run(ctx, k, s, d, metrics / f"{k}-{s}.json", preds / f"{k}-{s}.preds.pt", wise=k in wise)
+        print(f"{k:9s} seed {s}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f}", flush=True)
+        out.append(r)
+    return out
+
+WORLD_METHODS = ("zeroshot", "lp", "ft", "flyp", "dive")  # `worlds.methods` default
+
+def run_world(
+    params: dict,  # the frozen parameter set (world 0's selected hyperparameters in `methods:`)
+    world_seed: int,  # the other world's seed (replaces `world.seed`)
+    artifacts: str | Path,  # world, pre-training, teacher, runs and predictions of this world
+    metrics: str | Path,  # its records: metrics/<method>-<seed>.json
+    preds: str | Path | None = None,  # its per-example predictions (default: artifacts/preds)
+) -> list[dict]:
+    "One other world: the frozen settings on world seed `world_seed`, `worlds.methods` with one fine-tuning seed."
+    import copy
+    p = copy.deepcopy(params)
+    p.setdefault("world", {})["seed"] = int(world_seed)
+    w = p.get("worlds") or {}
+    methods, seed = list(w.get("methods", WORLD_METHODS)), int(w.get("seed", 0))
+    world, pre, teach = prepare_world(p, artifacts)
+    a = Path(artifacts)
+    return train_and_record(p, world, pre, teach, methods, [seed], a / "runs", metrics, preds or a / "preds")
 
 # %% ../nbs/23_experiment.ipynb #14b42507
 def main(argv=None) -> int:

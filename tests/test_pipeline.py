@@ -47,8 +47,12 @@ def test_dvc_pipeline_smoke(tmp_path):
     for t in ("main", "zeroshot", "geometry", "ablation", "alpha", "refsize", "wise", "lam", "cost", "significance", "unified"):
         assert (repo / f"tables/mini/{t}.md").read_text().startswith("**Table"), t
         assert (repo / f"tables/mini/{t}.csv").stat().st_size > 0, t
-    for t in ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing"):
+    for t in ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing", "worlds"):
         assert (repo / f"tables/mini/{t}.md").read_text().startswith("**Table"), t
+    # the other world: its own world seed, the worlds' methods with one fine-tuning seed, in the worlds table
+    w1 = sorted(p.name for p in (repo / "metrics/mini/worlds/world1").glob("*.json"))
+    assert w1 == ["dive-0.json", "flyp-0.json", "ft-0.json", "zeroshot-0.json"], w1
+    assert "world 1" in (repo / "tables/mini/worlds.md").read_text()
     for exp in ("m2mix", "mps", "promptot", "csaligner"):
         assert json.loads((repo / f"metrics/mini/papers/{exp}.json").read_text())["rows"], exp
     for f in ("geometry_rsa", "wise_curves", "lam_sweep", "unified_id_vs_zs", "world", "diffvec_pca", "embedding_geometry",

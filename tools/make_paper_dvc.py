@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write paper/dvc.yaml from dvc.yaml: the paper profile runs the same stage notebooks with paper/params.yaml.
 
-Differences: no `world` / `pretrain` stages (open_clip weights from `model:`), stages that read data depend on
+Differences: no `world` / `pretrain` / `worlds` stages (open_clip weights from `model:`), stages that read data depend on
 `data/` (tracked by data.dvc), outputs go to artifacts|metrics|tables|figures/paper, every stage has `wdir: ..`,
 and the report stage does not rebuild README.md.   Run: python tools/make_paper_dvc.py
 """
@@ -50,7 +50,7 @@ def convert(st: dict, name: str) -> dict:
 
 def main() -> None:
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    stages = {n: convert(s, n) for n, s in doc["stages"].items() if n not in ("world", "pretrain")}
+    stages = {n: convert(s, n) for n, s in doc["stages"].items() if n not in ("world", "pretrain", "worlds")}
     out = {"vars": ["params.yaml"], "stages": stages}
     if doc.get("plots"): out["plots"] = [_paper(x) if isinstance(x, str) else {_paper(k): v for k, v in x.items()} for x in doc["plots"]]
     txt = yaml.safe_dump(out, sort_keys=False, width=120)
