@@ -13,15 +13,16 @@ import torch
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'PAPER_OF', 'TABLES',
-           'METHOD_COLOURS', 'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS', 'SUMMARY_COLS', 'paper_value',
-           'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise',
-           'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation',
-           'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
-           'table_significance', 'method_setting', 'table_unified', 'method_colour', 'save_figure',
-           'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world',
-           'figure_diffvec_pca', 'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation',
-           'table_promptot', 'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap', 'figure_id_vs_ood',
-           'stage_durations', 'table_timing', 'build_report', 'write_summary']
+           'METHOD_COLOURS', 'DIFFVEC_METHODS', 'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS',
+           'SUMMARY_COLS', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep',
+           'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot',
+           'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize', 'table_wise',
+           'table_lam', 'table_cost', 'table_significance', 'method_setting', 'table_unified', 'method_colour',
+           'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified',
+           'figure_world', 'diffvec_stats', 'figure_diffvec', 'figure_embedding_geometry', 'table_m2mix',
+           'table_mps_fewshot', 'table_mps_ablation', 'table_promptot', 'table_csaligner', 'figure_mps_fewshot',
+           'figure_csaligner_gap', 'figure_id_vs_ood', 'stage_durations', 'table_timing', 'build_report',
+           'write_summary']
 
 # %% ../nbs/30_report.ipynb #7d5749de
 PAPER_SOURCE = ("Suzuki et al., DiVE: Difference Vector Equalization, AAAI 2026, arXiv 2511.09973 "
@@ -897,24 +898,45 @@ def _probe_triplet(ctx: _Context, methods=("flyp", "dive")) -> tuple[tuple, dict
     if not got: raise _Skip(f"no predictions of {' or '.join(methods)}")
     return pre, got
 
-def figure_diffvec_pca(ctx: _Context):
-    "PCA of the difference vectors (fine-tuned - pre-trained) of the probe pairs, FLYP vs DiVE."
-    pre, got = _probe_triplet(ctx)
-    diffs = {m: (e[0] - pre[0], e[1] - pre[1]) for m, (_, e) in got.items()}
-    allv = np.concatenate([np.concatenate(d) for d in diffs.values()])
-    comps, mu = _pca_basis(allv), allv.mean(0)
+DIFFVEC_METHODS = ("ft", "flyp", "flyp_replay", "snd", "dive_cos", "dive_avl", "dive_pvl", "dive")  # drawn when present
+
+def diffvec_stats(
+    pre: tuple,  # (image, text) probe embeddings of the pre-trained model, unit norm, rows paired
+    emb: tuple,  # the same probe pairs embedded by a fine-tuned model
+) -> dict:  # shift, spread, pair_gap: mean Euclidean distances (unit-sphere units, 0 to 2)
+    "How far each probe pair moved and how equal its difference vectors are (DiVE's two quantities)."
+    u, v = np.asarray(emb[0]) - np.asarray(pre[0]), np.asarray(emb[1]) - np.asarray(pre[1])
+    w = np.concatenate([u, v])
+    return {"shift": float(np.linalg.norm(w, axis=1).mean()),  # ‖Δ‖: how far the embeddings moved
+            "spread": float(np.linalg.norm(w - w.mean(0), axis=1).mean()),  # ‖Δ − mean Δ‖: AVL's quantity
+            "pair_gap": float(np.linalg.norm(u - v, axis=1).mean())}  # ‖Δimg − Δtxt‖: PVL's quantity
+
+def figure_diffvec(ctx: _Context):
+    "Per method (mean ± std over seeds): how far the probe pairs moved, and how unequal their difference vectors are."
+    z = ctx.run_preds("zeroshot")
+    if z is None: raise _Skip("no zeroshot run with predictions (the pre-trained probe embeddings)")
+    pre = (z[1]["probe_img"], z[1]["probe_txt"])
+    M, rows = ctx.need(), []
+    for m in method_order([m for m in DIFFVEC_METHODS if m in set(M["method"])]):
+        for s in sorted(int(x) for x in M.loc[M["method"] == m, "seed"]):
+            r = ctx.run_preds(m, s)
+            if r is not None and "probe_img" in r[1]:
+                rows.append({"method": m, "seed": s, **diffvec_stats(pre, (r[1]["probe_img"], r[1]["probe_txt"]))})
+    if not rows: raise _Skip(f"no predictions of {', '.join(DIFFVEC_METHODS)}")
+    D = pd.DataFrame(rows)
+    g = D.groupby("method", sort=False)[["shift", "spread", "pair_gap"]].agg(["mean", "std"])
+    panels = (("shift", "moved: mean ‖Δ‖"), ("spread", "unequal: mean ‖Δ − mean Δ‖ (AVL)"),
+              ("pair_gap", "unpaired: mean ‖Δ_img − Δ_txt‖ (PVL)"))
     with _style():
-        fig, axes = _figure(ncols=len(diffs), width=3.0, height=3.0, sharex=True, sharey=True)
-        c_img, c_txt = _palette(2)
-        for ax, (m, (u, v)) in zip(axes, diffs.items()):
-            w = np.concatenate([u, v])
-            spread = float(((w - w.mean(0)) ** 2).sum() / max((w ** 2).sum(), 1e-12))
-            pu, pv = (u - mu) @ comps.T, (v - mu) @ comps.T
-            ax.scatter(pu[:, 0], pu[:, 1], s=6, alpha=0.6, color=c_img, label="image u")
-            ax.scatter(pv[:, 0], pv[:, 1], s=8, alpha=0.6, marker="x", color=c_txt, label="text v")
-            ax.set_title(f"{m} (seed {got[m][0]}): spread {spread:.2f}", fontsize=8)
-            ax.set_xlabel("PC 1")
-        axes[0].set_ylabel("PC 2"); axes[0].legend(fontsize=7)
+        fig, axes = _figure(ncols=3, width=max(2.6, 0.32 * len(g) + 1.0), height=2.8)
+        x = np.arange(len(g))
+        for ax, (k, title) in zip(axes, panels):
+            ax.bar(x, g[(k, "mean")], yerr=g[(k, "std")].fillna(0), capsize=2, color=[method_colour(m) for m in g.index])
+            ax.set_xticks(x, list(g.index), rotation=45, ha="right", fontsize=7)
+            ax.set_title(title, fontsize=8)
+        axes[0].set_ylabel("distance on the unit sphere (0-2)")
+        fig.suptitle(f"Difference vectors Δ of {len(pre[0])} probe pairs (fine-tuned − pre-trained); "
+                     f"mean ± std over seeds", fontsize=8)
     return fig
 
 def figure_embedding_geometry(ctx: _Context, n_lines: int = 30):
@@ -945,7 +967,7 @@ def _pair_panels(
     return fig
 
 FIGURES = {"geometry_rsa": figure_geometry_rsa, "wise_curves": figure_wise_curves, "lam_sweep": figure_lam_sweep,
-           "unified_id_vs_zs": figure_unified, "world": figure_world, "diffvec_pca": figure_diffvec_pca,
+           "unified_id_vs_zs": figure_unified, "world": figure_world, "diffvec": figure_diffvec,
            "embedding_geometry": figure_embedding_geometry}
 
 # %% ../nbs/30_report.ipynb #14bdab68

@@ -55,7 +55,7 @@ def test_dvc_pipeline_smoke(tmp_path):
     assert "world 1" in (repo / "tables/mini/worlds.md").read_text()
     for exp in ("m2mix", "mps", "promptot", "csaligner"):
         assert json.loads((repo / f"metrics/mini/papers/{exp}.json").read_text())["rows"], exp
-    for f in ("geometry_rsa", "wise_curves", "lam_sweep", "unified_id_vs_zs", "world", "diffvec_pca", "embedding_geometry",
+    for f in ("geometry_rsa", "wise_curves", "lam_sweep", "unified_id_vs_zs", "world", "diffvec", "embedding_geometry",
               "mps_fewshot", "csaligner_gap"):
         assert (repo / f"figures/mini/{f}.png").read_bytes()[:4] == b"\x89PNG", f
     assert (repo / "executed/mini/04_finetune-dive.ipynb").exists()

@@ -434,10 +434,10 @@ def test_missing_inputs_are_skipped(tmp_path, capsys):
     assert {"main.md", "main.csv", "zeroshot.md", "geometry.md", "cost.md", "unified.md"} <= names
     for n in ("ablation", "alpha", "cosine", "refsize", "wise", "lam", "significance"):
         assert f"{n}.md" not in names, n
-    for n in ("wise_curves", "lam_sweep", "diffvec_pca", "embedding_geometry"):
+    for n in ("wise_curves", "lam_sweep", "diffvec", "embedding_geometry"):
         assert f"{n}.png" not in names, n
     printed = capsys.readouterr().out
-    assert "skipped table ablation" in printed and "skipped figure diffvec_pca" in printed
+    assert "skipped table ablation" in printed and "skipped figure diffvec" in printed
     rows = [r for r in (tmp_path / "tables" / "mini" / "main.md").read_text().splitlines() if r.startswith("| zeroshot")]
     assert len(rows) == 1 and "±" not in rows[0]  # one seed: the mean alone
     # nothing at all: no error, nothing but the world picture
@@ -462,8 +462,8 @@ def test_stale_outputs_are_removed_and_preds_dir_is_searched(tmp_path):
     for p in (metrics / "sweeps" / "lam").glob("*"):
         p.unlink()
     out = build_report(metrics, tmp_path / "tables", tmp_path / "figures", preds_dir=preds, n_boot=100, verbose=False,
-                       only=["lam", "significance", "lam_sweep", "diffvec_pca"])
-    assert {p.name for p in out} == {"significance.md", "significance.csv", "diffvec_pca.png"}
+                       only=["lam", "significance", "lam_sweep", "diffvec"])
+    assert {p.name for p in out} == {"significance.md", "significance.csv", "diffvec.png"}
     assert not (tmp_path / "tables" / "toy" / "lam.md").exists() and not (tmp_path / "figures" / "toy" / "lam_sweep.png").exists()
     with pytest.raises(ValueError, match="only"):
         build_report(metrics, tmp_path / "t", tmp_path / "f", only=["nonexistent"])
@@ -500,12 +500,15 @@ def test_world_figure_skips_without_miniworld(tmp_path, monkeypatch, capsys):
 
 
 def test_diffvec_figure_separates_dive_from_flyp(built):
-    "The figure's spread statistic: DiVE's difference vectors (one translation) are concentrated, FLYP's are not."
-    from dive_nb.report import _Context, _probe_triplet
-    root, metrics, _ = built
+    "The figure's statistics: DiVE's difference vectors (one translation) are equal and paired, FLYP's are not."
+    from dive_nb.report import _Context, _probe_triplet, diffvec_stats
+    root, metrics, written = built
     pre, got = _probe_triplet(_Context(metrics))
-    spread = {}
-    for m, (_, (im, tx)) in got.items():
-        w = np.concatenate([im - pre[0], tx - pre[1]])
-        spread[m] = ((w - w.mean(0)) ** 2).sum() / (w ** 2).sum()
-    assert spread["dive"] < 0.01 < 0.5 < spread["flyp"]
+    st = {m: diffvec_stats(pre, e) for m, (_, e) in got.items()}
+    assert st["dive"]["spread"] < 0.1 * st["flyp"]["spread"] and st["dive"]["pair_gap"] < 0.1 * st["flyp"]["pair_gap"], st
+    assert st["dive"]["shift"] > 0.5 * st["flyp"]["shift"]  # both moved: the difference is in how, not how far
+    # a pure translation: no spread, no pair gap, shift = its length
+    p = (np.zeros((4, 3)), np.ones((4, 3)))
+    s = diffvec_stats(p, (p[0] + [0, 0, 2], p[1] + [0, 0, 2]))
+    assert s == {"shift": 2.0, "spread": 0.0, "pair_gap": 0.0}
+    assert "diffvec.png" in {q.name for q in written}
