@@ -15,7 +15,7 @@ from .data import Split, Suite
 
 # %% auto #0
 __all__ = ['DATASETS', 'PAPER_SETS', 'WILDS_REGIONS', 'WILDS_TEMPLATES', 'DatasetUnavailable', 'DatasetSizeMismatch',
-           'MetadataUnavailable', 'DatasetSpec', 'locate', 'check_available', 'clip_benchmark_metadata',
+           'MetadataUnavailable', 'DatasetSpec', 'locate', 'check_available', 'download', 'clip_benchmark_metadata',
            'clip_benchmark_wnids', 'imagenet_classnames', 'imagenet_templates', 'imagenet_subset_from_names',
            'imagenet_subset_from_wnids', 'project_logits', 'subset_accuracy', 'objectnet_groups',
            'classnames_and_templates', 'imagenet_subset', 'to_uint8', 'LazyImages', 'LazyColumn', 'LazyTokens',
@@ -61,6 +61,7 @@ class DatasetSpec:
     gated: bool = False  # the hub repository needs accepted terms and a token
     verified: str = ""  # what was checked about this declaration, and how
     note: str = ""
+    download_gb: float | None = None  # approximate download size in GB: an estimate for planning, never checked
 
     def folder(self, data_root: str | os.PathLike) -> Path | None:
         "The expected local folder."
@@ -155,6 +156,12 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
       for suf, ttl, role, split in (("_train", " (train)", "id_train", "train"), ("_id_test", " (ID test)", "id_test", "id_test"),
                                     ("", " (OOD test)", "ood", "test"))],
 ]}
+
+# Download sizes (GB), estimates for planning only: the original releases' archive sizes where known, else rough.
+_DOWNLOAD_GB = {"imagenet": 147.0, "imagenet_val": 6.4, "imagenet_v2": 1.3, "imagenet_r": 2.2, "imagenet_a": 0.7,
+                "imagenet_sketch": 8.5, "dtd": 0.6, "eurosat": 0.1, "cc3m_val": 0.6, "flickr30k": 0.3,
+                **{f"iwildcam{s}": 11.0 for s in ("", "_train", "_id_test")}, **{f"fmow{s}": 55.0 for s in ("", "_train", "_id_test")}}
+DATASETS = {k: replace(v, download_gb=_DOWNLOAD_GB.get(k)) for k, v in DATASETS.items()}
 
 PAPER_SETS: dict[str, tuple[str, ...]] = {  # the DiVE ImageNet protocol, by role
     "id": ("imagenet", "imagenet_val"),
@@ -261,6 +268,37 @@ def check_available(
         raise DatasetUnavailable(f"{len(missing)} declared dataset(s) unavailable under data_root={Path(data_root)} "
                                  f"(HF offline mode {'on' if _hf_offline() else 'off'}); nothing was trained:\n"
                                  + "\n".join(missing))
+
+# %% ../nbs/13_paper_data.ipynb #d589b8ce
+def download(
+    specs: Sequence[DatasetSpec | str],  # the sets a run needs (specs or registry names)
+    data_root: str | os.PathLike,  # where local copies go (the repository's data/)
+    cache_dir: str | None = None,  # Hugging Face hub cache (None: the default)
+) -> dict[str, Path]:  # name -> the folder each set is read from
+    "Download every set `locate` does not find; raise DatasetUnavailable for any that cannot be fetched or is incomplete after."
+    if _hf_offline(): raise DatasetUnavailable("HF offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): nothing can be downloaded")
+    out = {}
+    for s in _as_specs(specs):
+        hit = locate(s, data_root, cache_dir)
+        if hit is None:
+            if s.local_format == "wilds":
+                try: import wilds
+                except ImportError: raise DatasetUnavailable(f"{s.name}: needs the wilds package (pip install wilds)") from None
+                wilds.get_dataset(s.templates.split(":", 1)[-1], download=True, root_dir=str(Path(data_root) / "wilds"))
+            elif s.hub_id and s.format in ("wds", "hub"):
+                from huggingface_hub import snapshot_download
+                if s.format == "wds":
+                    pats = [s.shard_glob or f"{s.split}/*", "*.txt", "*.json"]
+                    snapshot_download(s.hub_id, repo_type="dataset", local_dir=str(s.folder(data_root)), allow_patterns=pats,
+                                      cache_dir=cache_dir)
+                else:
+                    snapshot_download(s.hub_id, repo_type="dataset", cache_dir=cache_dir)
+            else:
+                raise DatasetUnavailable(f"{s.name} ({s.title}) has no download source: {s.command(data_root)}")
+            hit = locate(s, data_root, cache_dir)
+            if hit is None: raise DatasetUnavailable(f"{s.name}: downloaded, but {s.folder(data_root)} is still incomplete")
+        out[s.name] = hit
+    return out
 
 # %% ../nbs/13_paper_data.ipynb #4754b840
 def _clip_benchmark_dir() -> Path:

@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Build README.md from nbs/index.ipynb (README has one writer: this script).
+"""Build README.md from nbs/index.ipynb (README has one writer: this script), and keep the repository
+reference of the Colab badge (index and Colab notebooks) and of the Colab notebook's install cell in step
+with settings.ini (`git_url`, `colab_ref`): settings.ini is the one place that names them.
 
 quarto (which `nbdev_readme` needs) cannot be installed offline, so this is a small converter:
 markdown cells are copied, code cells are shown as ```python blocks unless they start with `#| hide`,
@@ -7,10 +9,10 @@ and the marker `<!-- results -->` is replaced by the measured tables in `tables/
 pipeline's report stage; numbers are never typed by hand).
 
     python tools/build_readme.py           # write README.md
-    python tools/build_readme.py --check   # exit 1 if README.md is stale
+    python tools/build_readme.py --check   # exit 1 if README.md or a notebook's repository reference is stale
 """
 from __future__ import annotations
-import argparse, configparser, json, sys
+import argparse, configparser, json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,17 +69,46 @@ def build(index: Path = ROOT / "nbs" / "index.ipynb") -> str:
 
 
 def colab_badge(s: dict) -> str:
-    "The 'Open in Colab' badge, generated from settings.ini (git_url, colab_tag)."
+    "The 'Open in Colab' badge, generated from settings.ini (git_url, colab_ref)."
     url = s.get("git_url", "").replace("https://github.com/", "")
-    tag = s.get("colab_tag", "main")
+    ref = s.get("colab_ref", "main")
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"(https://colab.research.google.com/github/{url}/blob/{tag}/nbs/colab.ipynb)")
+            f"(https://colab.research.google.com/github/{url}/blob/{ref}/nbs/colab.ipynb)")
+
+
+_BADGE = re.compile(r"^\[!\[Open In Colab\]\(.*$|^\{\{colab_badge\}\}$", re.M)
+
+
+def synced_notebook(path: Path, s: dict) -> str:
+    "The notebook's text with its Colab badge (and, in colab.ipynb, the `repo =` / `ref =` parameters) from settings.ini."
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        text = _cell_text(cell)
+        new = _BADGE.sub(colab_badge(s).replace("\\", "\\\\"), text) if cell["cell_type"] == "markdown" else text
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            new = re.sub(r'^repo = "[^"]*"', f'repo = "{s.get("git_url", "")}"', new, flags=re.M)
+            new = re.sub(r'^ref = "[^"]*"', f'ref = "{s.get("colab_ref", "main")}"', new, flags=re.M)
+        if new != text: cell["source"] = new.splitlines(keepends=True)
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+SYNCED = ("nbs/index.ipynb", "nbs/colab.ipynb")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="fail if README.md is not up to date")
     a = ap.parse_args(argv)
+    s = _settings()
+    nbs = {ROOT / p: synced_notebook(ROOT / p, s) for p in SYNCED}
+    if a.check:
+        stale = [p.relative_to(ROOT) for p, t in nbs.items() if p.read_text(encoding="utf-8") != t]
+        if stale:
+            print(f"error: {', '.join(map(str, stale))}: the Colab repository reference differs from settings.ini "
+                  f"(git_url, colab_ref): run `python tools/build_readme.py` and commit", file=sys.stderr)
+            return 1
+    for p, t in nbs.items():
+        if p.read_text(encoding="utf-8") != t: p.write_text(t, encoding="utf-8"); print(f"synced {p.relative_to(ROOT)}")
     md = build()
     readme = ROOT / "README.md"
     if a.check:
