@@ -574,9 +574,9 @@ def table_lam(ctx: _Context) -> Table:
                   f"scale (values per λ not found). Source: {PAPER_SOURCE}."])
 
 # %% ../nbs/30_report.ipynb #9127e17a
-def _benchmark(ctx: _Context) -> pd.DataFrame | None:
-    "The step-time benchmark's rows (benchmarks/step_time.py --json <metrics_dir>/cost.json), or None."
-    p = ctx.metrics_dir / "cost.json"
+def _benchmark(ctx: _Context, name: str = "cost.json") -> pd.DataFrame | None:
+    "The step-time benchmark's rows (benchmarks/step_time.py --json <metrics_dir>/<name>), or None."
+    p = ctx.metrics_dir / name
     if not p.exists(): return None
     rows = json.loads(p.read_text())
     if not isinstance(rows, list) or not all(isinstance(r, dict) and {"method", "sec_per_step"} <= set(r) for r in rows):
@@ -624,6 +624,12 @@ def table_cost(ctx: _Context) -> Table:
             md["time ×flyp − floor [95% CI] (benchmark)"] = ["" if not np.isfinite(v) else f"{v:+.3f} [{l:+.3f}, {h:+.3f}]"
                                                              for v, l, h in zip(af, lo, hi)]
             num["benchmark_above_floor"], num["benchmark_above_floor_lo"], num["benchmark_above_floor_hi"] = af.to_numpy(), lo.to_numpy(), hi.to_numpy()
+    S = _benchmark(ctx, "cost_sequential.json")  # the same benchmark with the sequential reference pass
+    if S is not None:
+        s_ = S.reindex(methods)
+        for c, lab in (("time_ratio", "time ×flyp (sequential)"), ("mem_ratio", "memory ×flyp (sequential)")):
+            x = pd.to_numeric(s_[c], errors="coerce") if c in s_.columns else pd.Series(np.nan, index=s_.index)
+            md[lab] = [_fmt(v, 2) for v in x]; num[f"sequential_{c}"] = x.to_numpy()
     paper = {"flyp": (1.0, 1.0), "dive": (paper_cost_ratio("time"), paper_cost_ratio("memory"))}
     md[f"{PAPER_LABEL} time ×FLYP"] = [_fmt(paper[m][0], 2) if m in paper else "" for m in methods]
     md[f"{PAPER_LABEL} memory ×FLYP"] = [_fmt(paper[m][1], 2) if m in paper else "" for m in methods]
@@ -640,7 +646,10 @@ def table_cost(ctx: _Context) -> Table:
              "from the benchmark (mean ± std over seeds; peak RSS, where recorded, is the process's resident memory, "
              "interpreter and data included). (benchmark): benchmarks/step_time.py, one process per method on the same "
              "random data, methods interleaved over rounds, ratios taken within a round (memory: the peak above the "
-             "process's baseline after the model and data are built; the allocator's on a GPU)." + floor + " The "
+             "process's baseline after the model and data are built; the allocator's on a GPU)." + floor + (
+             " (sequential): the methods with a reference batch run with `reference_pass: sequential` (two backward "
+             "passes, FLYP's peak memory) in a second benchmark; the other columns use the fused pass (one forward and "
+             "backward over ID + reference)." if S is not None else "") + " The "
              "paper's numbers are GPU memory 117K → 321K MB and 35.9 → 58.9 h of training. " + _REF_NOTE]
     if "flyp" not in methods: notes.insert(0, "No flyp measurement: ratios left blank.")
     return Table("cost", "Compute cost. Seconds per step and peak memory per method, and ratios to FLYP; the paper's "

@@ -486,6 +486,14 @@ def test_cost_table_from_runs_or_benchmark_alone(tmp_path):
     build_report(m, tmp_path / "tables", tmp_path / "figures", only=["cost"], verbose=False)
     t = read_csv(tmp_path, "cost").set_index("method")
     assert list(t.index) == ["flyp", "dive"] and t.loc["dive", "benchmark_peak_mb_ratio_flyp"] == pytest.approx(1.5)
+    assert "sequential_time_ratio" not in t
+    # both reference-pass modes: the sequential benchmark's ratios beside the fused one's
+    (m / "cost_sequential.json").write_text(json.dumps([{"method": "dive", "sec_per_step": 0.4, "time_ratio": 1.35, "mem_ratio": 1.03},
+                                                        {"method": "flyp", "sec_per_step": 0.3, "time_ratio": 1.0, "mem_ratio": 1.0}]))
+    build_report(m, tmp_path / "tables", tmp_path / "figures", only=["cost"], verbose=False)
+    t = read_csv(tmp_path, "cost").set_index("method")
+    assert t.loc["dive", "sequential_time_ratio"] == pytest.approx(1.35) and t.loc["dive", "sequential_mem_ratio"] == pytest.approx(1.03)
+    assert "memory ×flyp (sequential)" in (tmp_path / "tables" / "toy" / "cost.md").read_text()
     (m / "cost.json").write_text(json.dumps({"flyp": 1}))
     with pytest.raises(ValueError, match="cost.json"):
         build_report(m, tmp_path / "tables", tmp_path / "figures", only=["cost"], verbose=False)
