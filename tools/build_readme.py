@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- results -->"
 # Tables inserted into README, in this order (the rest of tables/mini/ is linked).
-RESULT_TABLES = ["main", "zeroshot", "geometry", "unified", "cost", "timing"]
+RESULT_TABLES = ["regime", "claims", "worlds", "main", "zeroshot", "geometry", "unified", "cost", "timing"]
 
 
 def _settings() -> dict:
