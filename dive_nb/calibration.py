@@ -11,7 +11,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['BASELINES', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed', 'wise_ood', 'regime_rows', 'regime_markdown',
-           'calibrate', 'tries_table', 'main']
+           'calibrate', 'evaluate_grid', 'tries_table', 'main']
 
 # %% ../nbs/27_calibration.ipynb #f9cf7486
 BASELINES = ("zeroshot", "lp", "ft", "lpft", "flyp")  # the only methods a calibration try may run (plus ft's WiSE-FT curve)
@@ -138,6 +138,27 @@ def calibrate(
     print((m / "regime.md").read_text())
     return rows
 
+# %% ../nbs/27_calibration.ipynb #e18577fe
+def evaluate_grid(
+    name: str,  # the try (folders artifacts/calibration/<name>, metrics/mini/calibration/<name>)
+    methods=("flyp",),  # baselines whose grid runs to score
+    root: str | Path = ".",  # the repository root
+) -> dict:  # run folder name -> {lr, id, ood (per style and avg), zs avg}
+    "Score every selection run of a try's learning-rate grid (seed 0) in full; writes grid_eval.json beside its records."
+    from dive_nb.experiment import load_params, Context, evaluate_run
+    methods = check_baselines(list(methods))
+    a, m = Path(root) / "artifacts" / "calibration" / name, Path(root) / "metrics" / "mini" / "calibration" / name
+    params = load_params(m / "params.yaml")
+    ctx, out = Context(params, a / "world", a / "pretrained" / "model.pt", a / "teacher"), {}
+    for k in methods:
+        for d in sorted((a / "select").glob(f"{k}-lr*"), key=lambda p: float(p.name.split("-lr")[1])):
+            lr = float(d.name.split("-lr")[1])
+            r = evaluate_run(ctx, k, 0, d, overrides={"lr": lr})
+            out[d.name] = {"lr": lr, "id": r["id_acc"], "ood": r["ood_acc"], "zs": r["zs_acc"]["avg"]}
+            print(f"{d.name:16s} ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f}", flush=True)
+    (m / "grid_eval.json").write_text(json.dumps(out, indent=1))
+    return out
+
 # %% ../nbs/27_calibration.ipynb #51237f4f
 def tries_table(
     root: str | Path = "metrics/mini/calibration",  # one folder per try, each with regime.csv
@@ -157,9 +178,12 @@ def main(argv=None) -> int:
     ap.add_argument("params", help="the try's parameter file")
     ap.add_argument("name", help="the try's name (folder under metrics/mini/calibration/)")
     ap.add_argument("--methods", nargs="*", default=list(TRAINED), help="baselines to train (others are refused)")
+    ap.add_argument("--grid-eval", nargs="*", metavar="METHOD", help="instead: score the try's grid runs of these baselines in full")
     a = ap.parse_args(argv)
-    try: check_baselines(a.methods)
+    try: check_baselines(a.methods if a.grid_eval is None else a.grid_eval)
     except ValueError as e: print(f"error: {e}"); return 2
+    if a.grid_eval is not None:
+        evaluate_grid(a.name, a.grid_eval or ["flyp"]); return 0
     calibrate(a.params, Path("artifacts/calibration") / a.name, Path("metrics/mini/calibration") / a.name, a.methods)
     return 0
 
