@@ -165,7 +165,8 @@ def tries_table(
 ) -> pd.DataFrame:  # criterion x try: 'pass' / 'FAIL'
     "Which criteria each calibration try met, from the tries' own regime.csv files."
     cols = {}
-    for d in sorted(p for p in Path(root).iterdir() if (p / "regime.csv").exists()):
+    tries = [p for p in Path(root).iterdir() if (p / "regime.csv").exists()]
+    for d in sorted(tries, key=lambda p: (int("".join(filter(str.isdigit, p.name)) or 0), p.name)):  # t2 before t10
         r = pd.read_csv(d / "regime.csv")
         cols[d.name] = r.set_index("id")["pass"].map({True: "pass", False: "FAIL"})
     return pd.DataFrame(cols)
