@@ -103,7 +103,8 @@ WORLD_RULES: dict[str, Rule] = {  # WorldConfig (nbs/10_miniworld.ipynb): every 
     "seed": INT0, "image_size": Rule("int", lo=16), **{f"n_{s}": INT1 for s in (
         "pretrain", "reference", "id_train", "id_val", "id_test", "ood", "zs", "retrieval", "probe")},
     "pretrain_photo_frac": PROB, "holdout_pairs": Rule("list", of=Rule("list", of=INT0, length=2)),
-    "id_cue_prob": PROB, "hard_cue_prob": PROB}
+    "id_cue_prob": PROB, "hard_cue_prob": PROB,
+    "cue_parts": Rule("list", of=Rule("str", choices=("texture", "background")), nonempty=True)}
 
 MODEL_RULES: dict = {
     "name": NAME, "pretrained": NAME,

@@ -224,6 +224,7 @@ def sample_attributes(
     exclude_pairs=None,  # optional (shape, colour) name pairs that never occur (their colour is redrawn)
     cue_prob: float = 0.0,  # probability that an image's texture and background are its shape's cue (CUE_TEXTURE, CUE_BACKGROUND)
     wrong_cue: bool = False,  # the cue drawn is another shape's (uniformly among the other shapes): adversarial context
+    cue_parts=("texture", "background"),  # which attributes the cue sets (either or both)
 ) -> dict[str, np.ndarray]:  # int64 index per attribute, `style`, and the nuisance arrays (see NUISANCES)
     "Draw n uniform attribute tuples (independent unless `cue_prob` > 0) plus a style and nuisance values (all the renderer needs)."
     if not isinstance(rng, np.random.Generator):
@@ -253,14 +254,16 @@ def sample_attributes(
         while bad.any():  # rejection sampling, vectorised over the offending rows
             out["colour"][bad] = rng.integers(0, len(co), int(bad.sum()))
             bad = banned[out["shape"], out["colour"]]
+    if not set(cue_parts) <= {"texture", "background"} or not cue_parts:
+        raise ValueError(f"cue_parts: expected a non-empty subset of ('texture', 'background'), got {cue_parts!r}")
     if not 0.0 <= float(cue_prob) <= 1.0:
         raise ValueError(f"cue_prob: expected a probability in [0, 1], got {cue_prob!r}")
     if cue_prob > 0:  # ImageNet-like context: the class's texture and background come with it (no draws when 0)
         tie = rng.random(n) < cue_prob
         k = len(ATTRIBUTES["shape"])
         owner = (out["shape"] + rng.integers(1, k, n)) % k if wrong_cue else out["shape"]
-        out["texture"] = np.where(tie, CUE_TEXTURE[owner], out["texture"])
-        out["background"] = np.where(tie, CUE_BACKGROUND[owner], out["background"])
+        if "texture" in cue_parts: out["texture"] = np.where(tie, CUE_TEXTURE[owner], out["texture"])
+        if "background" in cue_parts: out["background"] = np.where(tie, CUE_BACKGROUND[owner], out["background"])
     # Nuisances: photo-like distribution, and the shifted one for the `resampled` style.
     res = out["style"] == STYLES.index("resampled")
     out["rotation"] = np.where(res, rng.choice(RESAMPLED_ROTATIONS, n), rng.choice(PHOTO_ROTATIONS, n))
@@ -521,6 +524,7 @@ class WorldConfig:
     holdout_pairs: tuple = ()  # optional (shape, colour) pairs never rendered in pretrain / reference / retrieval
     id_cue_prob: float = 0.0  # ImageNet-like context: in the ID splits and `resampled`, texture and background follow the shape with this probability
     hard_cue_prob: float = 0.0  # ImageNet-A-like context: in `noisy`, texture and background are another shape's cue with this probability
+    cue_parts: tuple = ("texture", "background")  # what the context cue sets: the object's texture, the background, or both
 
     @classmethod
     def smoke(cls, **kw) -> "WorldConfig":
@@ -541,6 +545,9 @@ class WorldConfig:
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"WorldConfig.{k}: expected a probability in [0, 1], got {getattr(self, k)}")
         self.holdout_pairs = tuple(tuple(p) for p in self.holdout_pairs)
+        self.cue_parts = tuple(self.cue_parts)
+        if not self.cue_parts or not set(self.cue_parts) <= {"texture", "background"}:
+            raise ValueError(f"WorldConfig.cue_parts: expected a non-empty subset of ('texture', 'background'), got {self.cue_parts!r}")
 
     def mixed_styles(self) -> dict[str, float]:
         "Style weights of the pretraining distribution."
@@ -599,10 +606,12 @@ def make_split(
     description: str = "",  # stored in the split's DatasetInfo (build_world puts the config there)
     cue_prob: float = 0.0,  # probability that texture and background follow the shape (see sample_attributes)
     wrong_cue: bool = False,  # the cue is another shape's (see sample_attributes)
+    cue_parts=("texture", "background"),  # what the cue sets (see sample_attributes)
 ):
     "One `datasets.Dataset` split: sample attributes, render, caption, store the images as PPM bytes."
     import datasets as hfd
-    a = sample_attributes(n, rng, styles=styles, exclude_pairs=exclude_pairs, cue_prob=cue_prob, wrong_cue=wrong_cue)
+    a = sample_attributes(n, rng, styles=styles, exclude_pairs=exclude_pairs, cue_prob=cue_prob, wrong_cue=wrong_cue,
+                          cue_parts=cue_parts)
     imgs = render(a, image_size)
     caps = make_captions(a, rng)
     # Build the Arrow table directly (Dataset.from_dict encodes value by value: ~4x slower here).
@@ -628,7 +637,8 @@ def build_world(cfg: WorldConfig | None = None):  # -> datasets.DatasetDict
     for name, (n, styles) in cfg.splits().items():
         hold = cfg.holdout_pairs if name in SPLITS_WITH_HOLDOUT else None
         cue = cfg.id_cue_prob if name in SPLITS_WITH_CUES else cfg.hard_cue_prob if name in SPLITS_WITH_WRONG_CUES else 0.0
-        out[name] = make_split(n, split_rng(cfg.seed, name), styles, cfg.image_size, hold, desc, cue, name in SPLITS_WITH_WRONG_CUES)
+        out[name] = make_split(n, split_rng(cfg.seed, name), styles, cfg.image_size, hold, desc, cue, name in SPLITS_WITH_WRONG_CUES,
+                               cfg.cue_parts)
     return hfd.DatasetDict(out)
 
 
