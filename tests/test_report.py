@@ -290,12 +290,13 @@ def test_report_writes_every_table_and_figure(built):
     root, _, written = built
     # the paper-experiment tables and figures need metrics/<profile>/papers/, the timing table executed/<profile>/:
     # the synthetic records have neither, so those are skipped (and tested in test_experiment.py / the smoke pipeline)
-    # every table but the other papers' and the regime (the toy records have no lp / lpft: the regime needs every baseline)
-    expected = {root / "tables" / "toy" / f"{n}.{e}" for n in TABLES if n not in (*PAPER_TABLES, "regime") for e in ("md", "csv")}
+    # every table but the other papers', the regime (the toy records have no lp / lpft: the regime needs every baseline)
+    # and the other worlds (no metrics/<profile>/worlds/)
+    expected = {root / "tables" / "toy" / f"{n}.{e}" for n in TABLES if n not in (*PAPER_TABLES, "regime", "worlds") for e in ("md", "csv")}
     expected |= {root / "figures" / "toy" / f"{n}.png" for n in FIGURES if n not in PAPER_FIGURES}
     assert set(written) == expected and all(p.stat().st_size > 0 for p in expected)
-    assert len(TABLES) - len(PAPER_TABLES) == 14 and len(FIGURES) - len(PAPER_FIGURES) == 8 and set(PAPER_TABLES) <= set(TABLES)
-    for n in (n for n in TABLES if n not in (*PAPER_TABLES, "regime")):
+    assert len(TABLES) - len(PAPER_TABLES) == 15 and len(FIGURES) - len(PAPER_FIGURES) == 8 and set(PAPER_TABLES) <= set(TABLES)
+    for n in (n for n in TABLES if n not in (*PAPER_TABLES, "regime", "worlds")):
         text = (root / "tables" / "toy" / f"{n}.md").read_text()
         first = text.splitlines()[0]
         assert first.startswith("**Table: ") and first.endswith("**") and text.splitlines()[2].startswith("| ")
