@@ -8,6 +8,7 @@ import json, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from .report import paper_numbers
 
 # %% auto #0
 __all__ = ['BASELINES', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed', 'wise_ood', 'regime_rows', 'regime_markdown',
@@ -28,10 +29,7 @@ def check_baselines(
     return list(methods)
 
 # %% ../nbs/27_calibration.ipynb #e5ee6a8e
-PAPER_REGIME = {  # CLIP ViT-B/16 on ImageNet (../shared/reference/papers.md §6.1)
-    "R1": "ID 68.3 → FT 81.3, FLYP 82.2", "R2": "0.90 (LP ≈ 80)", "R3": "58.7 − 54.9 = 3.8; IN-R, Sketch drop",
-    "R4": "LP-FT 60.3 vs FT 54.9", "R5": "concave OOD curve", "R6": "63.2 − 49.5 = 13.7",
-    "R7": "V2 61.9 → 71.2 (+9.3)", "R8": "FLYP 59.5 vs FT 54.9, ZS 58.7", "sel": "lr 1e-5 inside its grid"}
+PAPER_REGIME: dict = paper_numbers()["regime"]["criteria"]  # CLIP ViT-B/16 on ImageNet, per criterion (dive_nb/paper_numbers.json, with its sources)
 
 def _ms(x) -> str:
     x = np.asarray(x, float)

@@ -14,72 +14,35 @@ import torch
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'PAPER_OF', 'TABLES',
            'METHOD_COLOURS', 'DIFFVEC_METHODS', 'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS',
-           'SUMMARY_COLS', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep',
-           'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot',
-           'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize', 'table_wise',
-           'table_lam', 'table_cost', 'table_significance', 'method_setting', 'table_unified', 'method_colour',
-           'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified',
-           'figure_world', 'diffvec_stats', 'figure_diffvec', 'figure_embedding_geometry', 'table_m2mix',
-           'table_mps_fewshot', 'table_mps_ablation', 'table_promptot', 'table_csaligner', 'figure_mps_fewshot',
-           'figure_csaligner_gap', 'figure_id_vs_ood', 'stage_durations', 'table_timing', 'build_report',
-           'write_summary']
+           'SUMMARY_COLS', 'paper_numbers', 'cite', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records',
+           'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main',
+           'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize',
+           'table_wise', 'table_lam', 'table_cost', 'table_significance', 'method_setting', 'table_unified',
+           'method_colour', 'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep',
+           'figure_unified', 'figure_world', 'diffvec_stats', 'figure_diffvec', 'figure_embedding_geometry',
+           'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot', 'table_csaligner',
+           'figure_mps_fewshot', 'figure_csaligner_gap', 'figure_id_vs_ood', 'stage_durations', 'table_timing',
+           'build_report', 'write_summary']
 
 # %% ../nbs/30_report.ipynb #7d5749de
-PAPER_SOURCE = ("Suzuki et al., DiVE: Difference Vector Equalization, AAAI 2026, arXiv 2511.09973 "
-                "(transcribed from a secondary summary, papers.md sections 1.3-1.4; medium confidence)")
+def paper_numbers() -> dict:
+    "The reference numbers shipped with the package (`dive_nb/paper_numbers.json`): sources with citations, the DiVE paper's tables and the regime's CLIP figures, each table with its source and a note."
+    from importlib.resources import files
+    return json.loads((files("dive_nb") / "paper_numbers.json").read_text())
+
+def cite(
+    key: str,  # a source of paper_numbers.json: 'dive', 'clip', 'lpft', 'wiseft', 'flyp'
+) -> str:  # authors, title, venue, arXiv id, where the numbers come from, confidence
+    "One source of the reference numbers as a citation."
+    s = paper_numbers()["sources"][key]
+    return f"{s['citation']}, arXiv {s['arxiv']} ({s['where']}; {s['confidence']} confidence)"
+
+PAPER_SOURCE = cite("dive")
+PAPER: dict = {k: t["values"] for k, t in paper_numbers()["dive"]["tables"].items()}  # table -> the paper's rows
+PAPER["ema_alpha_ood_avg"] = {float(a): v for a, v in PAPER["ema_alpha_ood_avg"].items()}  # JSON keys are strings
 
 _IN_KEYS = ("id", "v2", "r", "a", "sketch", "objectnet", "ood_avg")
 _ZS_KEYS = ("caltech101", "flowers102", "food101", "sun397", "dtd", "aircraft", "cars", "pets", "eurosat", "ucf101", "avg")
-_WILDS_KEYS = ("id", "ood", "zs")
-_row = lambda keys, vals: dict(zip(keys, vals))
-
-PAPER: dict = {
-    # ImageNet fine-tuning, top-1 (%): ID (ImageNet), five OOD sets and their average
-    "imagenet": {
-        "Zero-shot CLIP": _row(_IN_KEYS, (68.3, 61.9, 77.7, 50.0, 48.3, 55.4, 58.7)),
-        "FT": _row(_IN_KEYS, (81.3, 71.2, 66.1, 37.8, 46.1, 53.3, 54.9)),
-        "LP-FT": _row(_IN_KEYS, (81.7, 72.1, 73.5, 47.6, 50.3, 58.2, 60.3)),
-        "FLYP": _row(_IN_KEYS, (82.2, 73.0, 71.5, 48.4, 49.7, 54.8, 59.5)),
-        "ARF": _row(_IN_KEYS, (82.7, 72.8, 75.6, 50.3, 51.8, 55.8, 61.3)),
-        "SnD": _row(_IN_KEYS, (82.4, 73.2, 74.3, 50.0, 51.4, 54.5, 60.7)),
-        "DiVE": _row(_IN_KEYS, (82.5, 73.8, 77.3, 54.9, 52.9, 56.9, 63.2)),
-    },
-    # zero-shot top-1 (%) on ten tasks after ImageNet fine-tuning ("Pre-trained" in the paper)
-    "zeroshot": {
-        "Zero-shot CLIP": _row(_ZS_KEYS, (89.5, 67.0, 84.5, 63.0, 46.3, 22.6, 59.0, 87.7, 46.3, 65.7, 63.2)),
-        "FLYP": _row(_ZS_KEYS, (87.6, 39.7, 63.3, 52.6, 36.8, 8.0, 32.3, 77.2, 38.2, 59.0, 49.5)),
-        "ARF": _row(_ZS_KEYS, (88.6, 46.4, 74.5, 63.8, 40.4, 13.9, 44.7, 83.1, 35.8, 64.6, 55.6)),
-        "SnD": _row(_ZS_KEYS, (89.1, 49.5, 69.6, 58.7, 38.7, 11.0, 42.5, 79.6, 42.7, 62.6, 54.4)),
-        "DiVE": _row(_ZS_KEYS, (88.4, 66.0, 84.3, 64.7, 47.0, 22.1, 55.5, 88.4, 51.4, 68.9, 63.7)),
-    },
-    # WILDS (ID / OOD / ZS), per dataset
-    "wilds": {
-        "FLYP": {"iwildcam": _row(_WILDS_KEYS, (52.2, 35.6, 51.0)), "fmow": _row(_WILDS_KEYS, (68.6, 41.3, 45.1))},
-        "FLYP+replay": {"iwildcam": _row(_WILDS_KEYS, (48.5, 35.8, 62.3)), "fmow": _row(_WILDS_KEYS, (68.7, 41.2, 63.0))},
-        "SnD": {"iwildcam": _row(_WILDS_KEYS, (50.6, 37.0, 60.4)), "fmow": _row(_WILDS_KEYS, (67.0, 41.4, 56.6))},
-        "DiVE": {"iwildcam": _row(_WILDS_KEYS, (53.1, 37.2, 65.3)), "fmow": _row(_WILDS_KEYS, (69.9, 42.3, 65.1))},
-    },
-    # CLIP ViT-L/14: ID / OOD avg / ZS avg
-    "vitl14": {
-        "FLYP": dict(id=86.0, ood_avg=71.5, zs_avg=55.4), "FLYP+replay": dict(id=85.8, ood_avg=72.6, zs_avg=65.9),
-        "SnD": dict(id=86.0, ood_avg=73.2, zs_avg=61.2), "DiVE": dict(id=86.1, ood_avg=74.5, zs_avg=70.1),
-    },
-    # RSA between pre-trained and fine-tuned similarity structures (recipe not published)
-    "rsa": {"FLYP": 0.825, "FLYP+replay": 0.850, "SnD": 0.847, "FLYP+AVL": 0.978, "FLYP+PVL": 0.976,
-            "DiVE": 0.981, "cosine constraint": 0.949},
-    # AVL / PVL ablation: gains over FLYP in OOD avg and ZS avg (percentage points)
-    "ablation_gain": {"FLYP+AVL": dict(ood_avg=3.4, zs_avg=13.4), "FLYP+PVL": dict(ood_avg=3.1, zs_avg=13.2),
-                      "DiVE": dict(ood_avg=3.7, zs_avg=14.2)},
-    # EMA coefficient of the AVL centre -> OOD avg (the 62.9 differs from the main table's 63.2)
-    "ema_alpha_ood_avg": {0.0: 61.7, 0.99: 62.9},
-    # weight ensembling on top of DiVE (coefficient not reported)
-    "weight_ensembling": {"DiVE": dict(id=82.5, ood_avg=63.2, zs_avg=63.7),
-                          "DiVE + weight ensembling": dict(id=82.6, ood_avg=63.5, zs_avg=64.6)},
-    # training cost, FLYP -> DiVE (GPU memory in MB, wall time in hours; hardware not reported)
-    "cost": {"FLYP": dict(memory_mb=117_000, hours=35.9), "DiVE": dict(memory_mb=321_000, hours=58.9)},
-    "lam": {"grid": (100, 500, 1000, 2500, 5000), "chosen": 1000},
-    "refsize": ("Flickr8K", "COCO", "CC3M"),  # 8K, 118K, ~3M pairs; all beat the baselines, numbers not found
-}
 
 PAPER_ROWS: dict[str, str] = {
     "zeroshot": "Zero-shot CLIP", "ft": "FT", "lpft": "LP-FT", "flyp": "FLYP", "flyp_replay": "FLYP+replay",
@@ -954,11 +917,23 @@ def figure_embedding_geometry(ctx: _Context, n_lines: int = 30):
     panels = {"pre-trained (zeroshot)": pre, **{f"{m} (seed {s})": e for m, (s, e) in got.items()}}
     return _pair_panels(panels, _pca_basis(np.concatenate(pre)), None, n_lines)
 
+def _gap_basis(
+    im: np.ndarray,  # image embeddings (n, d)
+    tx: np.ndarray,  # text embeddings (n, d)
+) -> np.ndarray:  # (2, d) orthonormal axes
+    "Axis 1 points from the text centroid to the image centroid (the modality gap); axis 2 is the top principal direction orthogonal to it."
+    g = im.mean(0) - tx.mean(0)
+    g = g / max(float(np.linalg.norm(g)), 1e-12)
+    x = np.concatenate([im, tx])
+    return np.stack([g, _pca_basis(x - np.outer(x @ g, g), 1)[0]])
+
 def _pair_panels(
     panels: dict,  # title -> (image embeddings, text embeddings), rows paired
-    comps: np.ndarray,  # (2, d) projection axes
+    comps,  # (2, d) projection axes, or a function (image, text) -> (2, d) axes of each panel's own
     mu: np.ndarray | None = None,  # common centre (None: each panel's own image + text mean)
     n_lines: int = 30,  # pairs joined by a line
+    labels: tuple = ("PC 1 (pre-trained)", "PC 2 (pre-trained)"),  # axis labels
+    centroids: bool = False,  # mark the image and text centroids
 ):
     "One panel per embedding set: images and texts projected on two axes, the first pairs joined."
     with _style():
@@ -966,13 +941,17 @@ def _pair_panels(
         c_img, c_txt = _palette(2)
         for ax, (name, (im, tx)) in zip(axes, panels.items()):
             m = np.concatenate([im, tx]).mean(0) if mu is None else mu
-            pi, pt = (im - m) @ comps.T, (tx - m) @ comps.T
+            cp = comps(im, tx) if callable(comps) else comps
+            pi, pt = (im - m) @ cp.T, (tx - m) @ cp.T
             k = min(n_lines, len(pi))
             ax.plot(np.stack([pi[:k, 0], pt[:k, 0]]), np.stack([pi[:k, 1], pt[:k, 1]]), color="0.7", lw=0.5)
             ax.scatter(pi[:, 0], pi[:, 1], s=6, alpha=0.7, color=c_img, label="image")
             ax.scatter(pt[:, 0], pt[:, 1], s=8, alpha=0.7, marker="x", color=c_txt, label="text")
-            ax.set_title(name, fontsize=8); ax.set_xlabel("PC 1 (pre-trained)")
-        axes[0].set_ylabel("PC 2 (pre-trained)"); axes[0].legend(fontsize=7)
+            if centroids:
+                for p, col, lab in ((pi, c_img, "image centroid"), (pt, c_txt, "text centroid")):
+                    ax.scatter(*p.mean(0), s=90, marker="P", color=col, edgecolor="black", zorder=4, label=lab)
+            ax.set_title(name, fontsize=8); ax.set_xlabel(labels[0])
+        axes[0].set_ylabel(labels[1]); axes[0].legend(fontsize=7)
     return fig
 
 FIGURES = {"geometry_rsa": figure_geometry_rsa, "wise_curves": figure_wise_curves, "lam_sweep": figure_lam_sweep,
@@ -1075,7 +1054,7 @@ def figure_mps_fewshot(ctx: _Context):
     return fig
 
 def figure_csaligner_gap(ctx: _Context, n_lines: int = 30):
-    "Probe image and text embeddings before and after the adapters, in the pre-trained model's PCA plane."
+    "Probe image and text embeddings before and after the adapters, on each model's own gap axis."
     D = _papers(ctx, "csaligner")
     if ctx.preds_dir is None: raise _Skip("no preds_dir")
     panels = {}
@@ -1085,8 +1064,9 @@ def figure_csaligner_gap(ctx: _Context, n_lines: int = 30):
         e = torch.load(p, weights_only=True)
         gap = D.loc[D["name"] == name, "geometry.modality_gap"]
         panels[f"{title}: gap {float(gap.iloc[0]):.2f}" if len(gap) else title] = (e["probe_img"].numpy(), e["probe_txt"].numpy())
-    pre = np.concatenate(next(iter(panels.values())))
-    return _pair_panels(panels, _pca_basis(pre), pre.mean(0), n_lines)  # one centre: the gap's shift stays visible
+    # x: each model's text-to-image centroid direction, so the horizontal distance between the two centroids is the gap
+    return _pair_panels(panels, _gap_basis, None, n_lines, centroids=True,
+                        labels=("gap axis: text → image centroid (unit-sphere units)", "top orthogonal PC"))
 
 PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing")
 TABLES.update({"m2mix_retrieval": table_m2mix, "mps_fewshot": table_mps_fewshot, "mps_ablation": table_mps_ablation,
