@@ -1066,7 +1066,7 @@ def figure_csaligner_gap(ctx: _Context, n_lines: int = 30):
         panels[f"{title}: gap {float(gap.iloc[0]):.2f}" if len(gap) else title] = (e["probe_img"].numpy(), e["probe_txt"].numpy())
     # x: each model's text-to-image centroid direction, so the horizontal distance between the two centroids is the gap
     return _pair_panels(panels, _gap_basis, None, n_lines, centroids=True,
-                        labels=("gap axis: text → image centroid (unit-sphere units)", "top orthogonal PC"))
+                        labels=("along the gap: text → image", "top orthogonal PC"))
 
 PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing")
 TABLES.update({"m2mix_retrieval": table_m2mix, "mps_fewshot": table_mps_fewshot, "mps_ablation": table_mps_ablation,
