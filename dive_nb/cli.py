@@ -27,11 +27,17 @@ def _paths(args, params: dict) -> dict:
             "teacher": Path(args.teacher) if getattr(args, "teacher", None) else P["teacher"],
             "root": root, "metrics": met, "profile": prof}
 
+def _dvc_target(stage: str, params_file) -> str:
+    "The `dvc repro` target of a stage: `paper/dvc.yaml:teacher` for a parameter file beside its own dvc.yaml."
+    d = Path(params_file).parent
+    return f"{d / 'dvc.yaml'}:{stage}" if d != Path(".") and (d / "dvc.yaml").is_file() else stage
+
 def _need(path, what: str, stage: str, params_file: str, marker: str | None = None) -> None:
     "Stop before any work when an input is missing, naming the stage (and command) that makes it."
     p = Path(path)
     if not (p / marker if marker else p).exists():
-        raise CLIError(f"{what} not found at {p}: make it with `dive-nb {stage} --params {params_file}` (or `dvc repro {stage}`)")
+        raise CLIError(f"{what} not found at {p}: make it with `dive-nb {stage} --params {params_file}` "
+                       f"(or `dvc repro {_dvc_target(stage, params_file)}`)")
 
 def _is_path(tag) -> bool:
     "Whether `model.pretrained` names a file (as opposed to an open_clip tag such as 'openai')."
@@ -70,8 +76,13 @@ def _load(args):
 def cmd_check(args) -> int:
     "Validate the parameter file (and --methods) and print a one-line summary."
     p = _load(args)
+    data = ""
+    if getattr(args, "data", False):
+        if p.get("profile", "mini") == "mini": raise CLIError("--data checks the paper profile's datasets; the mini profile renders its own world (`dive-nb world`)")
+        n = _check_data(p, (p.get("data") or {}).get("root", "data"), allow_download=True)
+        data = f", {n} declared datasets on disk or downloadable"
     print(f"ok: {args.params}: profile {p.get('profile', 'mini')}, {len(p.get('methods') or {})} method sections, "
-          f"seeds {p.get('seeds')}")
+          f"seeds {p.get('seeds')}{data}")
     return 0
 
 def cmd_world(args) -> int:
@@ -94,15 +105,41 @@ def cmd_pretrain(args) -> int:
     stage_pretrain(params, P["world"], out)
     return 0
 
+def _check_weights(params, pretrained) -> None:
+    "The paper profile's weights: a file that exists, or an open_clip tag whose weights are cached (or downloadable: online)."
+    if Path(str(pretrained)).is_file(): return
+    if _is_path(pretrained):
+        raise CLIError(f"model.pretrained = {pretrained}: no such file (give an open_clip tag such as openai, or a checkpoint path)")
+    from dive_nb.experiment import _model_name
+    from dive_nb import models as M
+    name = _model_name(params)
+    if name in M.TINY_MODELS:
+        raise CLIError(f"model.pretrained = {pretrained}: {name} is a tiny model without downloadable weights (give a checkpoint path)")
+    import open_clip
+    if name not in open_clip.list_models(): return  # hf-hub: / local-dir: names: create_model says what is wrong
+    pcfg = open_clip.get_pretrained_cfg(name, str(pretrained))
+    if not pcfg:
+        raise CLIError(f"model.pretrained = {pretrained}: neither a file nor an open_clip tag of {name} "
+                       f"(open_clip.list_pretrained_tags_by_model({name!r}) = {open_clip.list_pretrained_tags_by_model(name)})")
+    if M._hf_offline() and M._find_cached_weights(pcfg, None) is None:  # the message create_model would give, before any work
+        raise M._unavailable(name, str(pretrained), pcfg, None, "not in the local cache and offline mode is on")
+
+def _check_data(params, root, allow_download: bool = False) -> int:
+    "Every dataset the paper profile's data section declares, on disk under data.root (the check `paper_suite` makes); their number."
+    from dive_nb.paper_data import check_available, sets_from_params
+    names = [n for v in sets_from_params(params.get("data") or {}).values() for n in v]
+    check_available(names, root, allow_download=allow_download)
+    return len(names)
+
 def _check_inputs(args, params, P, teacher: bool = True) -> None:
-    "World / data root, pre-trained weights and (optionally) the teacher cache, before any work."
+    "World / data root, pre-trained weights, (paper) declared datasets and (optionally) the teacher cache, before any work."
     if P["profile"] == "mini":
         _need(P["world"], "the mini world", "world", args.params, "dataset_dict.json")
         _need(P["pretrained"], "the pre-trained model", "pretrain", args.params)
-    else:
+    else:  # in the order a fresh machine lacks them: data root, weights, datasets, then what `teacher` makes of them
         if not Path(P["world"]).is_dir(): raise CLIError(f"data root {P['world']} not found: set data.root in {args.params} (see README 'The paper profile')")
-        if _is_path(P["pretrained"]) and not Path(P["pretrained"]).is_file():
-            raise CLIError(f"model.pretrained = {P['pretrained']}: no such file (give an open_clip tag such as openai, or a checkpoint path)")
+        _check_weights(params, P["pretrained"])
+        _check_data(params, P["world"])
     if teacher: _need(P["teacher"], "the teacher cache", "teacher", args.params, "teacher.pt")
     from dive_nb.experiment import resolve_device
     resolve_device(params.get("device", "cpu"))
@@ -289,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("run", "all"):
             p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="fine-tuning seeds (default: the file's seeds)")
         if name == "select": p.add_argument("--write", action="store_true", help="rewrite the chosen values into --params")
+        if name == "check": p.add_argument("--data", action="store_true", help="paper profile: also check every declared dataset under data.root (offline: on disk; online: on disk or downloadable), listing each missing one with how to get it")
         if name in ("sweep", "papers"):
             p.add_argument("name", help="the sweep (lam, alpha, refsize, wise)" if name == "sweep" else "the experiment (m2mix, mps, promptot, csaligner)")
         if name in ("evaluate", "export"):
