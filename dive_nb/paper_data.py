@@ -83,6 +83,7 @@ class DatasetSpec:
             cmds.append(f"pip install wilds; python -c \"import wilds; wilds.get_dataset('{self.templates.split(':', 1)[-1]}', download=True, "
                         f"root_dir='{Path(data_root)}/wilds')\"")
         cmds.append("or `dvc pull data.dvc` if your DVC remote holds data/")
+        if cmds[0].startswith("or "): cmds[0] = cmds[0][3:]  # no hub copy: the local layout is the first way
         return "; ".join(cmds)
 
 # %% ../nbs/13_paper_data.ipynb #08c4052d
