@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_report.ipynb #8a9ec826
 from __future__ import annotations
-import json, math, re
+import functools, json, math, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -25,9 +25,10 @@ __all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'S
            'build_report', 'write_summary']
 
 # %% ../nbs/30_report.ipynb #7d5749de
+@functools.cache  # read once: the report, the calibration and every cite() share it
 def paper_numbers() -> dict:
     "The reference numbers shipped with the package (`dive_nb/paper_numbers.json`): sources with citations, the DiVE paper's tables and the regime's CLIP figures, each table with its source and a note."
-    from importlib.resources import files
+    from importlib.resources import files  # the installed package's data file, also from an editable install
     return json.loads((files("dive_nb") / "paper_numbers.json").read_text())
 
 def cite(
