@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 # DVC stages call papermill / python: the project's venv comes first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv test sync nbtest pytest repro readme clean-venv metrics plots status dag
+.PHONY: venv test sync nbtest pytest repro readme deps clean-venv metrics plots status dag
 
 venv: $(STAMP)
 
@@ -24,11 +24,13 @@ $(STAMP): settings.ini setup.py pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# Notebooks stripped and package in sync with them: nbdev_clean + nbdev_export must change nothing.
+# Notebooks stripped and package in sync with them: nbdev_clean + nbdev_export must change nothing;
+# README and every stage's dive_nb deps (make deps) up to date.
 sync: venv
 	$(BIN)/nbdev_clean
 	$(BIN)/nbdev_export
 	$(BIN)/python tools/build_readme.py --check
+	$(BIN)/python tools/dvc_deps.py --check
 	@if [ -n "$$(git status --porcelain -- nbs dive_nb)" ]; then \
 	  git status --porcelain -- nbs dive_nb; git --no-pager diff --stat -- nbs dive_nb; \
 	  echo "error: notebooks not stripped or dive_nb/ out of sync with nbs/ (run nbdev_clean && nbdev_export, then commit)"; exit 1; fi
@@ -46,6 +48,10 @@ repro: venv
 
 readme: venv
 	$(BIN)/python tools/build_readme.py
+
+# Each stage's dive_nb deps from the import graph (dvc.yaml), carried to paper/dvc.yaml
+deps: venv
+	$(BIN)/python tools/dvc_deps.py && $(BIN)/python tools/make_paper_dvc.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,94 @@
+"""tools/dvc_deps.py: every stage's dive_nb deps cover its import closure (lazy and relative imports included), and
+the rewrite changes only those entries.  Pure `ast` parsing: nothing here imports dive_nb or torch."""
+import contextlib, importlib.util, io, json, subprocess, sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "dvc_deps.py"
+_spec = importlib.util.spec_from_file_location("dvc_deps", TOOL)  # this checkout's tool, whatever sys.path holds
+D = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(D)
+
+
+class _Result:
+    def __init__(self, rc, out): self.returncode, self.stdout = rc, out
+
+
+def _run(*args, root=ROOT):
+    "The tool's command line, in this process (fast): its exit status and what it printed."
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf): rc = D.main(["--root", str(root), *args])
+    return _Result(rc, buf.getvalue())
+
+
+def test_repository_deps_cover_every_import_closure():
+    r = subprocess.run([sys.executable, str(TOOL), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_finetune_closure_has_geometry_and_distributed():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = D.expected_deps(stages["finetune"], ROOT)
+    # every loss imports geometry; train imports distributed; experiment imports models and evaluate
+    assert {"dive_nb/geometry.py", "dive_nb/distributed.py", "dive_nb/models.py", "dive_nb/evaluate.py"} <= set(deps), deps
+    assert "dive_nb/_modidx.py" not in deps and "dive_nb/report.py" not in deps, deps
+
+
+NOTEBOOK = {"cells": [{"cell_type": "code", "source": ["%matplotlib inline\n", "!echo hi\n", "from dive_nb.a import f\n"],
+                       "metadata": {}, "outputs": [], "execution_count": None}],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+DVC = """# a comment at the top
+stages:
+  one:
+    matrix:
+      x: [1, 2]
+    cmd: mkdir -p out && papermill --cwd . -k python3 nbs/one.ipynb out/one-${item.x}.ipynb -p x ${item.x}
+    deps:
+      - nbs/one.ipynb
+      - artifacts/in
+      - dive_nb/a.py
+      - params_extra.txt
+    outs:
+      - out/${item.x}:
+          persist: true    # an inline comment
+"""
+
+
+def _fake_repo(tmp_path):
+    (tmp_path / "dive_nb").mkdir(); (tmp_path / "nbs").mkdir()
+    (tmp_path / "dive_nb" / "__init__.py").write_text('__version__ = "0"\n')
+    (tmp_path / "dive_nb" / "a.py").write_text("def f():\n    from dive_nb.b import g  # lazy\n    return g()\n")
+    (tmp_path / "dive_nb" / "b.py").write_text("from .c import h\ndef g(): return h()\n")
+    (tmp_path / "dive_nb" / "c.py").write_text("def h(): return 1\n")
+    (tmp_path / "dive_nb" / "unused.py").write_text("import os\n")
+    (tmp_path / "dive_nb" / "_modidx.py").write_text("import dive_nb.unused\n")
+    (tmp_path / "nbs" / "one.ipynb").write_text(json.dumps(NOTEBOOK))
+    (tmp_path / "dvc.yaml").write_text(DVC)
+    return tmp_path
+
+
+def test_check_names_missing_lazy_and_relative_imports_then_rewrite_fixes_them(tmp_path):
+    repo = _fake_repo(tmp_path)
+    r = _run("--check", root=repo)
+    assert r.returncode == 1
+    assert r.stdout.startswith("error: stage one: deps miss ") and "(run python tools/dvc_deps.py)" in r.stdout, r.stdout
+    assert "dive_nb/b.py" in r.stdout and "dive_nb/c.py" in r.stdout and "dive_nb/a.py" not in r.stdout, r.stdout
+    assert len(r.stdout.splitlines()) == 1, r.stdout
+    r = _run(root=repo)
+    assert r.returncode == 0, r.stdout
+    assert _run("--check", root=repo).returncode == 0
+    text = (repo / "dvc.yaml").read_text()
+    deps = yaml.safe_load(text)["stages"]["one"]["deps"]
+    assert deps == ["nbs/one.ipynb", "artifacts/in", "dive_nb/__init__.py", "dive_nb/a.py", "dive_nb/b.py", "dive_nb/c.py",
+                    "params_extra.txt"], deps
+    # only the deps lines changed: comments, the cmd and the rest as they were
+    strip = lambda t: [l for l in t.splitlines() if not l.strip().startswith("- dive_nb/")]
+    assert strip(text) == strip(DVC)
+    assert _run(root=repo).stdout.endswith("up to date\n")  # a second run changes nothing
+
+
+def test_folder_dep_covers_its_files(tmp_path):
+    repo = _fake_repo(tmp_path)
+    (repo / "dvc.yaml").write_text(DVC.replace("- dive_nb/a.py", "- dive_nb"))
+    assert _run("--check", root=repo).returncode == 0
