@@ -377,8 +377,11 @@ def sweep_runs(params: dict, sweep: str) -> list[tuple[str, str, dict]]:
     if sweep not in sw: raise ValueError(f"unknown sweep {sweep!r}; params.yaml sweeps: {sorted(k for k in sw if k != 'seed')}")
     spec = sw[sweep]
     if sweep == "lam": return [(m, f"{v:g}", {"lam": float(v)}) for m, vs in spec.items() for v in vs]
-    if sweep == "alpha": return [("dive", f"{v:g}", {"alpha": float(v)}) for v in spec]
-    if sweep == "refsize": return [("dive", str(int(v)), {}) for v in spec]
+    if sweep in ("alpha", "refsize"):  # one method's sweeps: the method that names them (`Method.sweeps`)
+        ms = [n for n, m in METHODS.items() if sweep in m.sweeps]
+        if len(ms) != 1: raise ValueError(f"sweep {sweep!r}: expected one registered method with it in `sweeps`, got {ms}")
+        return ([(ms[0], f"{v:g}", {"alpha": float(v)}) for v in spec] if sweep == "alpha" else
+                [(ms[0], str(int(v)), {}) for v in spec])
     if sweep == "wise": return [(m, "wise", {}) for m in spec]
     raise ValueError(f"unknown sweep {sweep!r}: expected lam, alpha, refsize or wise")
 

@@ -127,12 +127,18 @@ class Term:
     doc: str = ""
     needs_pre: bool = False  # reads the frozen model's cached reference embeddings
     reads: frozenset | None = None  # the features it reads ('id_img', 'id_txt', 'ref_img', 'ref_txt'); None: not declared (never fused)
+    state: Callable | None = None  # state(model, hparams): install the buffers the term reads (AVL: the EMA centre)
 
 _R = lambda *names: frozenset(names)
 
 def _avl(ctx: StepContext) -> torch.Tensor:
     c = ctx.model.state["center"].update(ctx.u, ctx.v)
     return avl_loss(ctx.u, ctx.v, c)
+
+def _ema_centre(model, hparams: dict) -> None:
+    "AVL's state: the EMA centre of the difference vectors, with the method's alpha."
+    d = model.head.weight.shape[1]
+    model.state["center"] = EMACenter(d, alpha=float(hparams.get("alpha", 0.99))).to(model.head.weight.device)
 
 TERMS: dict[str, Term] = {
     "ce": Term(lambda c: zeroshot_ce_loss(c.id_img, c.model.head.weight, c.id_labels, c.model.scale), "id",
@@ -143,7 +149,7 @@ TERMS: dict[str, Term] = {
                    "CLIP loss on reference pairs", reads=_R("ref_img", "ref_txt")),
     "snd": Term(lambda c: (c.u ** 2).sum(-1).mean(), "ref",
                 "squared distance of fine-tuned to frozen reference image embeddings", True, _R("ref_img")),
-    "avl": Term(_avl, "ref", "DiVE average vector loss (EMA centre)", True, _R("ref_img", "ref_txt")),
+    "avl": Term(_avl, "ref", "DiVE average vector loss (EMA centre)", True, _R("ref_img", "ref_txt"), _ema_centre),
     "pvl": Term(lambda c: pvl_loss(c.u, c.v), "ref", "DiVE pairwise vector loss", True, _R("ref_img", "ref_txt")),
     "cos": Term(lambda c: cosine_structure_loss(c.ref_img, c._need(c.pre_ref_img, "pre_ref_img"),
                                                 c.ref_txt, c._need(c.pre_ref_txt, "pre_ref_txt")), "ref",
@@ -170,6 +176,16 @@ class Method:
     base: str | None = None  # wiseft: interpolates the weights of this method's run
     setup: Callable | None = None  # setup(model, method): install adapters / prompts, register parts in model.extra_parts
     precompute: Callable | None = None  # precompute(model, id_train, prepare) -> dict, once, before training (frozen features)
+    # facts the report, the selection and the sweeps read (a new method is this entry + its params, nothing else)
+    paper: str = ""  # the paper it comes from ('' for a baseline)
+    order: int = 100  # position in report tables (lower first; ties alphabetical)
+    paper_row: str | None = None  # its row in the DiVE paper's tables (the paper's numbers beside ours)
+    colour: str | None = None  # its colour in every figure (None: a stable hue from its name)
+    trains: str = ""  # what it trains, in words (default: derived from its last phase)
+    lr_group: str | None = None  # ID-validation selection: the method whose learning-rate search it shares (itself: searched)
+    weight: str | None = None  # ID-validation selection: the hyperparameter chosen within the tolerance (a regulariser's weight)
+    weight_from: str | None = None  # ID-validation selection: copy this method's selected weight (ablations keep the full method's)
+    sweeps: tuple = ()  # the one-method sweeps that vary it ('alpha', 'refsize')
 
     @property
     def needs_reference(self) -> bool:
@@ -202,9 +218,8 @@ class Method:
     def init_state(self, model: FineTuneModel) -> None:
         "Install the method's modules (`setup`) and buffers (DiVE's EMA centre) on `model`."
         if self.setup is not None: self.setup(model, self)
-        if any("avl" in p.terms for p in self.phases):
-            d = model.head.weight.shape[1]
-            model.state["center"] = EMACenter(d, alpha=float(self.hparams.get("alpha", 0.99))).to(model.head.weight.device)
+        for t in dict.fromkeys(t for p in self.phases for t in p.terms):
+            if TERMS[t].state is not None: TERMS[t].state(model, self.hparams)
 
 # %% ../nbs/20_methods.ipynb #32d7d03a
 METHODS: dict[str, Method] = {}
@@ -228,31 +243,41 @@ def get_method(name: str, **overrides) -> Method:
 
 # %% ../nbs/20_methods.ipynb #42b2a923
 _BOTH = ("visual", "text")
+_FLYP = "flyp"  # the learning-rate group of FLYP and every regulariser on top of it
 register(Method("pretrain", "CLIP pretraining from scratch on image-caption pairs (the mini profile's pretrained model)",
                 (Phase(_BOTH + ("logit_scale",), {"replay": 1.0}),)))
-register(Method("zeroshot", "the pre-trained model, zero-shot heads from class-prompt templates"))
-register(Method("lp", "linear probe on frozen image features", (Phase(("head",), {"ce": 1.0}, lr_mult=10.0),), "head"))
+register(Method("zeroshot", "the pre-trained model, zero-shot heads from class-prompt templates",
+                order=0, paper_row="Zero-shot CLIP", colour="#7f7f7f"))
+register(Method("lp", "linear probe on frozen image features", (Phase(("head",), {"ce": 1.0}, lr_mult=10.0),), "head",
+                order=1, colour="#bcbd22", lr_group="lp"))
 register(Method("ft", "cross-entropy fine-tuning of the image encoder and a zero-shot-initialised head",
-                (Phase(("visual", "head"), {"ce": 1.0}),), "head"))
+                (Phase(("visual", "head"), {"ce": 1.0}),), "head", order=2, paper_row="FT", colour="#ff7f0e", lr_group="ft"))
 register(Method("lpft", "linear probe, then full fine-tuning from the probed head",
                 (Phase(("head",), {"ce": 1.0}, steps_frac=0.5, lr_mult=10.0), Phase(("visual", "head"), {"ce": 1.0}, steps_frac=0.5)),
-                "head"))
+                "head", order=3, paper_row="LP-FT", colour="#8c564b", lr_group="lpft"))
 register(Method("wiseft", "weight-space interpolation of the ft run with the pre-trained weights",
-                classifier="head", hparams={"alpha": 0.5}, base="ft"))
+                classifier="head", hparams={"alpha": 0.5}, base="ft", order=4, colour="#e6ab02"))
 register(Method("dive_wise", "weight-space interpolation of the dive run with the pre-trained weights (α 0.5, fixed in advance)",
-                hparams={"alpha": 0.5}, base="dive"))
+                hparams={"alpha": 0.5}, base="dive", paper="DiVE", colour="#fb6a4a"))
 register(Method("flyp", "CLIP loss between ID images and class-prompt captions, both encoders",
-                (Phase(_BOTH, {"flyp": 1.0}),)))
+                (Phase(_BOTH, {"flyp": 1.0}),), order=5, paper_row="FLYP", colour="#1f77b4", lr_group=_FLYP))
 register(Method("flyp_replay", "FLYP + CLIP loss on reference pairs", (Phase(_BOTH, {"flyp": 1.0, "replay": "w"}),),
-                hparams={"w": 1.0}))
+                hparams={"w": 1.0}, order=6, paper_row="FLYP+replay", colour="#17becf", lr_group=_FLYP, weight="w"))
 register(Method("snd", "FLYP + distillation of reference image embeddings to the frozen model",
-                (Phase(_BOTH, {"flyp": 1.0, "snd": "w"}),), hparams={"w": 1.0}))
+                (Phase(_BOTH, {"flyp": 1.0, "snd": "w"}),), hparams={"w": 1.0}, order=7, paper_row="SnD", colour="#9467bd",
+                lr_group=_FLYP, weight="w"))
 _DIVE_HP = {"lam": 1.0, "alpha": 0.99}
+_DIVE = dict(paper="DiVE", lr_group=_FLYP)
 register(Method("dive", "FLYP + lam * (AVL + PVL) on reference pairs, EMA centre",
-                (Phase(_BOTH, {"flyp": 1.0, "avl": "lam", "pvl": "lam"}),), hparams=dict(_DIVE_HP)))
-register(Method("dive_avl", "FLYP + lam * AVL", (Phase(_BOTH, {"flyp": 1.0, "avl": "lam"}),), hparams=dict(_DIVE_HP)))
-register(Method("dive_pvl", "FLYP + lam * PVL", (Phase(_BOTH, {"flyp": 1.0, "pvl": "lam"}),), hparams={"lam": 1.0}))
+                (Phase(_BOTH, {"flyp": 1.0, "avl": "lam", "pvl": "lam"}),), hparams=dict(_DIVE_HP), order=12, paper_row="DiVE",
+                colour="#d62728", weight="lam", sweeps=("alpha", "refsize"), **_DIVE))
+register(Method("dive_avl", "FLYP + lam * AVL", (Phase(_BOTH, {"flyp": 1.0, "avl": "lam"}),), hparams=dict(_DIVE_HP), order=8,
+                paper_row="FLYP+AVL", colour="#f4a582", weight_from="dive", **_DIVE))
+register(Method("dive_pvl", "FLYP + lam * PVL", (Phase(_BOTH, {"flyp": 1.0, "pvl": "lam"}),), hparams={"lam": 1.0}, order=9,
+                paper_row="FLYP+PVL", colour="#e377c2", weight_from="dive", **_DIVE))
 register(Method("dive_alpha0", "DiVE with alpha = 0 (centre = current batch mean)",
-                (Phase(_BOTH, {"flyp": 1.0, "avl": "lam", "pvl": "lam"}),), hparams={"lam": 1.0, "alpha": 0.0}))
+                (Phase(_BOTH, {"flyp": 1.0, "avl": "lam", "pvl": "lam"}),), hparams={"lam": 1.0, "alpha": 0.0}, order=10,
+                colour="#7b0000", weight_from="dive", **_DIVE))
 register(Method("dive_cos", "FLYP + lam * cosine-similarity structure constraint on reference pairs",
-                (Phase(_BOTH, {"flyp": 1.0, "cos": "lam"}),), hparams={"lam": 1.0}))
+                (Phase(_BOTH, {"flyp": 1.0, "cos": "lam"}),), hparams={"lam": 1.0}, order=11, paper_row="cosine constraint",
+                colour="#c51b7d", weight="lam", **_DIVE))

@@ -271,25 +271,28 @@ def _setup_csa(model, method):
 
 
 _replace(Method("m2mix", "m2-mix: CLIP loss at 1/tau = 100 + w * geodesic multi-modal mixup term, both encoders",
-                (Phase(("visual", "text"), {"clip_fixed": 1.0, "m2mix": "w"}),), hparams=dict(_M2MIX_HP)))
+                (Phase(("visual", "text"), {"clip_fixed": 1.0, "m2mix": "w"}),), hparams=dict(_M2MIX_HP), paper="m²-mix", colour="#2ca02c"))
 _replace(Method("m2mix_pairs", "m2-mix on image-caption pairs (its retrieval setting): fixed-temperature CLIP loss + w * m2-mix term",
-                (Phase(("visual", "text"), {"clip_fixed_pairs": 1.0, "m2mix_pairs": "w"}),), hparams=dict(_M2MIX_HP)))
+                (Phase(("visual", "text"), {"clip_fixed_pairs": 1.0, "m2mix_pairs": "w"}),), hparams=dict(_M2MIX_HP), paper="m²-mix"))
 _replace(Method("clip_pairs", "CLIP-loss fine-tuning on image-caption pairs at 1/tau = 100 (m2-mix's baseline)",
-                (Phase(("visual", "text"), {"clip_fixed_pairs": 1.0}),), hparams={"inv_tau": 100.0}))
+                (Phase(("visual", "text"), {"clip_fixed_pairs": 1.0}),), hparams={"inv_tau": 100.0}, paper="m²-mix (baseline)"))
 _replace(Method("mps", "MPS-Tuning: adapters + late-block copies of the image tower; CE on fused logits + lam1 Gram + lam2 sculpt",
                 (Phase(("mps",), {"mps_ce": 1.0, "mps_gram": "lam1", "mps_sculpt": "lam2"}),), hparams=dict(_MPS_HP),
-                setup=_setup_mps, precompute=mps_precompute))
+                setup=_setup_mps, precompute=mps_precompute, paper="MPS-Tuning", colour="#006d5b"))
 _replace(Method("promptot", "Prompt-OT: deep vision-language prompts (IVLP), CE + lam * OT to the frozen model",
                 (Phase(("prompts",), {"prompt_ce": 1.0, "prompt_ot": "lam"}),), hparams=dict(_PROMPTOT_HP),
-                setup=_setup_promptot, precompute=prompt_precompute))
+                setup=_setup_promptot, precompute=prompt_precompute, paper="Prompt-OT", colour="#08306b"))
 _replace(Method("coop", "CoOp: learned text context (from 'a photo of a'), CE only",
-                (Phase(("prompts",), {"prompt_ce": 1.0}),), hparams=dict(_COOP_HP), setup=_setup_coop))
+                (Phase(("prompts",), {"prompt_ce": 1.0}),), hparams=dict(_COOP_HP), setup=_setup_coop,
+                paper="Prompt-OT (baseline)", colour="#6baed6"))
 _replace(Method("csaligner", "CS-Aligner under the DiVE protocol: both encoders fine-tuned FLYP-style + lam * CS divergence "
                 "(ID images vs ID class-prompt captions + unpaired reference captions)",
-                (Phase(("visual", "text"), {"flyp": 1.0, "csa_cs_ft": "lam"}),), hparams={k: v for k, v in _CSA_HP.items() if k != "hidden"}))
+                (Phase(("visual", "text"), {"flyp": 1.0, "csa_cs_ft": "lam"}),), hparams={k: v for k, v in _CSA_HP.items() if k != "hidden"},
+                paper="CS-Aligner", colour="#74c476"))
 _replace(Method("csaligner_adapters", "CS-Aligner's lightweight setting: residual adapters on frozen encoders, InfoNCE + lam * CS "
                 "divergence (+ unpaired reference captions)",
-                (Phase(("adapters",), {"csa_nce": 1.0, "csa_cs": "lam"}),), hparams=dict(_CSA_HP), setup=_setup_csa))
+                (Phase(("adapters",), {"csa_nce": 1.0, "csa_cs": "lam"}),), hparams=dict(_CSA_HP), setup=_setup_csa,
+                paper="CS-Aligner"))
 
 # %% ../nbs/25_other_methods.ipynb #76147b93
 def few_shot_indices(

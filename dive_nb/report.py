@@ -12,17 +12,16 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['PAPER_SOURCE', 'PAPER', 'PAPER_ROWS', 'METHOD_ORDER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'PAPER_OF', 'TABLES',
-           'METHOD_COLOURS', 'DIFFVEC_METHODS', 'FIGURES', 'PAPER_TABLES', 'PAPER_FIGURES', 'CORE_METHODS',
-           'SUMMARY_COLS', 'paper_numbers', 'cite', 'paper_value', 'paper_cost_ratio', 'method_order', 'load_records',
-           'load_sweep', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap', 'Table', 'table_main',
-           'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize',
-           'table_wise', 'table_lam', 'table_cost', 'table_significance', 'method_setting', 'table_unified',
-           'method_colour', 'save_figure', 'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep',
-           'figure_unified', 'figure_world', 'diffvec_stats', 'figure_diffvec', 'figure_embedding_geometry',
-           'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot', 'table_csaligner',
-           'figure_mps_fewshot', 'figure_csaligner_gap', 'figure_id_vs_ood', 'stage_durations', 'table_timing',
-           'build_report', 'write_summary']
+__all__ = ['PAPER_SOURCE', 'PAPER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'TABLES', 'DIFFVEC_METHODS', 'FIGURES',
+           'PAPER_TABLES', 'PAPER_FIGURES', 'SUMMARY_COLS', 'paper_numbers', 'cite', 'registry', 'paper_rows',
+           'paper_value', 'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate',
+           'summarise', 'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation',
+           'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
+           'table_significance', 'paper_of', 'method_setting', 'table_unified', 'method_colour', 'save_figure',
+           'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world',
+           'diffvec_stats', 'figure_diffvec', 'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot',
+           'table_mps_ablation', 'table_promptot', 'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap',
+           'figure_id_vs_ood', 'is_core', 'stage_durations', 'table_timing', 'build_report', 'write_summary']
 
 # %% ../nbs/30_report.ipynb #7d5749de
 @functools.cache  # read once: the report, the calibration and every cite() share it
@@ -45,20 +44,25 @@ PAPER["ema_alpha_ood_avg"] = {float(a): v for a, v in PAPER["ema_alpha_ood_avg"]
 _IN_KEYS = ("id", "v2", "r", "a", "sketch", "objectnet", "ood_avg")
 _ZS_KEYS = ("caltech101", "flowers102", "food101", "sun397", "dtd", "aircraft", "cars", "pets", "eurosat", "ucf101", "avg")
 
-PAPER_ROWS: dict[str, str] = {
-    "zeroshot": "Zero-shot CLIP", "ft": "FT", "lpft": "LP-FT", "flyp": "FLYP", "flyp_replay": "FLYP+replay",
-    "snd": "SnD", "dive": "DiVE", "dive_avl": "FLYP+AVL", "dive_pvl": "FLYP+PVL", "dive_cos": "cosine constraint",
-}
+def registry() -> dict:
+    "Every registered method (the DiVE paper's, the other papers', their experiments' own): the facts the report reads."
+    import dive_nb.other_methods, dive_nb.paper_experiments  # noqa: F401 (they register their methods)
+    from dive_nb.methods import METHODS
+    return METHODS
+
+def paper_rows() -> dict[str, str]:
+    "Our method name -> its row name in the DiVE paper's tables (`Method.paper_row`)."
+    return {n: m.paper_row for n, m in registry().items() if m.paper_row}
 
 # %% ../nbs/30_report.ipynb #32e05935
 def paper_value(
-    method: str,  # our method name (a key of PAPER_ROWS)
+    method: str,  # our method name (one with a `paper_row`)
     table: str,  # a key of PAPER with per-row dicts: 'imagenet', 'zeroshot', 'vitl14', 'rsa', 'ablation_gain'
     key: str | None = None,  # the column ('id', 'ood_avg', 'avg', ...); None for tables of scalars ('rsa')
 ) -> float | None:  # the paper's number, or None where it reports none
     "The DiVE paper's number for one of our methods, or None."
     if table not in PAPER: raise ValueError(f"table: expected one of {sorted(PAPER)}, got {table!r}")
-    v = PAPER[table].get(PAPER_ROWS.get(method, ""))
+    v = PAPER[table].get(paper_rows().get(method, ""))
     if isinstance(v, dict): v = v.get(key) if key is not None else None
     return None if v is None else float(v)
 
@@ -71,15 +75,12 @@ def paper_cost_ratio(
     return PAPER["cost"]["DiVE"][k] / PAPER["cost"]["FLYP"][k]
 
 # %% ../nbs/30_report.ipynb #036e02d2
-METHOD_ORDER: tuple[str, ...] = ("zeroshot", "lp", "ft", "lpft", "wiseft", "flyp", "flyp_replay", "snd",
-                                 "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos", "dive")
-
 def method_order(
     methods,  # iterable of method names (repeats allowed)
 ) -> list[str]:  # distinct names in report order
-    "Distinct method names: the DiVE protocol's methods in METHOD_ORDER, then any other alphabetically."
-    ms = set(methods)
-    return [m for m in METHOD_ORDER if m in ms] + sorted(m for m in ms if m not in METHOD_ORDER)
+    "Distinct method names in report order: by `Method.order` (the DiVE protocol's methods first), then alphabetically."
+    R = registry()
+    return sorted(set(methods), key=lambda m: (R[m].order if m in R else 100, m))
 
 def _read_record(f: Path) -> dict:
     try: r = json.loads(f.read_text())
@@ -306,7 +307,7 @@ def _add_paper(md: pd.DataFrame, num: pd.DataFrame, table: str, keys: dict, digi
     vals = {lab: [paper_value(m, table, k) for m in md["method"]] for lab, k in keys.items()}
     if row_col:
         has = [any(v[i] is not None for v in vals.values()) for i in range(len(md))]
-        md["paper row"] = [PAPER_ROWS[m] if h else "" for m, h in zip(md["method"], has)]
+        md["paper row"] = [paper_rows()[m] if h else "" for m, h in zip(md["method"], has)]
     for lab, v in vals.items():
         md[f"{PAPER_LABEL} {lab}"] = [_fmt(x, digits, signed) for x in v]
         num[f"paper_{lab.lower().replace(' ', '_').replace('δ_', 'gain_')}"] = [np.nan if x is None else x for x in v]
@@ -665,16 +666,16 @@ def table_significance(ctx: _Context, target: str = "dive") -> Table:
                   "set. p = 2·(1 + #replicates on the far side of 0)/(B + 1), capped at 1; no multiple-comparison "
                   "correction."])
 
-PAPER_OF = {"dive": "DiVE", "dive_avl": "DiVE", "dive_pvl": "DiVE", "dive_alpha0": "DiVE", "dive_cos": "DiVE",
-            "m2mix": "m²-mix", "mps": "MPS-Tuning", "promptot": "Prompt-OT", "coop": "Prompt-OT (baseline)",
-            "csaligner": "CS-Aligner"}
+def paper_of(method: str) -> str:
+    "The paper a method comes from (`Method.paper`), 'baseline' for the others."
+    m = registry().get(method)
+    return (m.paper if m is not None else "") or "baseline"
 
 def method_setting(method: str) -> str:
-    "What a method trains, in words (from its registration: the parts of its last phase)."
-    import dive_nb.other_methods  # registers the other papers' methods
-    from dive_nb.methods import METHODS
-    m = METHODS.get(method)
+    "What a method trains, in words (`Method.trains`, or from its registration: the parts of its last phase)."
+    m = registry().get(method)
     if m is None: return ""
+    if m.trains: return m.trains
     if m.base is not None: return f"weights of {m.base} interpolated with the pre-trained ones"
     if not m.phases: return "none (the pre-trained model)"
     parts = tuple(m.phases[-1].train)
@@ -689,7 +690,7 @@ def table_unified(ctx: _Context) -> Table:
     M = ctx.need()
     md, num = _stats(M, [*_ACC, "geometry.rsa", "retrieval.i2t_r1", "trainable_params"])
     md["trainable params"] = [_fmt(v, 0) for v in num["trainable_params_mean"]]  # the same for every seed
-    md.insert(1, "paper", [PAPER_OF.get(m, "baseline") for m in md["method"]])
+    md.insert(1, "paper", [paper_of(m) for m in md["method"]])
     md.insert(2, "trains", [method_setting(m) for m in md["method"]])
     num.insert(1, "paper", md["paper"]); num.insert(2, "trains", md["trains"])
     return Table("unified", f"Every method of the five papers under the DiVE protocol (fine-tuning on the ID task, "
@@ -721,16 +722,10 @@ def _style():
     st.enter_context(sns.plotting_context("paper", font_scale=0.9))
     return st
 
-METHOD_COLOURS = {  # one colour per method in every figure (grouped: baselines warm/grey, FLYP family blue, DiVE family red)
-    "zeroshot": "#7f7f7f", "lp": "#bcbd22", "ft": "#ff7f0e", "lpft": "#8c564b", "wiseft": "#e6ab02",
-    "flyp": "#1f77b4", "flyp_replay": "#17becf", "snd": "#9467bd",
-    "dive": "#d62728", "dive_avl": "#f4a582", "dive_pvl": "#e377c2", "dive_alpha0": "#7b0000", "dive_cos": "#c51b7d",
-    "dive_wise": "#fb6a4a", "m2mix": "#2ca02c", "mps": "#006d5b", "promptot": "#08306b", "coop": "#6baed6",
-    "csaligner": "#74c476"}
-
 def method_colour(m: str):
-    "The method's colour (METHOD_COLOURS), or a stable hue from its name for methods not listed."
-    if m in METHOD_COLOURS: return METHOD_COLOURS[m]
+    "The method's colour in every figure (`Method.colour`), or a stable hue from its name for a method without one."
+    c = getattr(registry().get(m), "colour", None)
+    if c: return c
     import colorsys, zlib
     return colorsys.hls_to_rgb((zlib.crc32(m.encode()) % 360) / 360, 0.45, 0.6)
 
@@ -1113,8 +1108,9 @@ def figure_id_vs_ood(ctx: _Context):
 FIGURES["id_vs_ood"] = figure_id_vs_ood
 
 # %% ../nbs/30_report.ipynb #55059838
-CORE_METHODS = ("lp", "ft", "lpft", "flyp", "flyp_replay", "snd", "dive", "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos",
-                "zeroshot", "wiseft")
+def is_core(method: str) -> bool:
+    "The engine's core: the DiVE paper's methods and the baselines (every method that is not another paper's)."
+    return paper_of(method) in ("baseline", "DiVE")
 
 def stage_durations(
     executed_dir: str | Path,  # executed/<profile>: the executed stage notebooks
@@ -1127,7 +1123,7 @@ def stage_durations(
         stem = re.sub(r"^\d+_", "", f.stem)
         kind, _, item = stem.partition("-")
         if kind in ("world", "pretrain", "teacher"): group = "core"
-        elif kind in ("finetune", "evaluate"): group = "core" if item in CORE_METHODS else "other papers' methods"
+        elif kind in ("finetune", "evaluate"): group = "core" if is_core(item) else "other papers' methods"
         elif kind == "sweep": group = "sweeps"
         elif kind == "papers": group = "paper experiments"
         else: group = kind

@@ -10,12 +10,24 @@ from .experiment import Context, finetune_many, evaluate_run, load_params
 from .methods import get_method
 
 # %% auto #0
-__all__ = ['LR_GROUPS', 'WEIGHTED', 'INHERIT', 'choose_weight', 'choose_lr', 'select', 'write_methods']
+__all__ = ['lr_groups', 'weighted', 'inherited', 'choose_weight', 'choose_lr', 'select', 'write_methods']
 
 # %% ../nbs/24_selection.ipynb #2159c36d
-LR_GROUPS = {"lp": ["lp"], "ft": ["ft"], "lpft": ["lpft"], "flyp": ["flyp", "flyp_replay", "snd", "dive", "dive_avl", "dive_pvl", "dive_alpha0", "dive_cos"]}
-WEIGHTED = {"flyp_replay": "w", "snd": "w", "dive": "lam", "dive_cos": "lam"}
-INHERIT = {"dive_avl": "dive", "dive_pvl": "dive", "dive_alpha0": "dive"}  # ablations keep DiVE's weight
+def lr_groups() -> dict[str, list[str]]:
+    "Searched method -> the methods that share its learning rate (`Method.lr_group`), in registry order."
+    from dive_nb.methods import METHODS
+    bases = [n for n, m in METHODS.items() if m.lr_group == n]
+    return {b: [n for n, m in METHODS.items() if m.lr_group == b] for b in bases}
+
+def weighted() -> dict[str, str]:
+    "Method -> the hyperparameter chosen for it within the tolerance (`Method.weight`)."
+    from dive_nb.methods import METHODS
+    return {n: m.weight for n, m in METHODS.items() if m.weight}
+
+def inherited() -> dict[str, str]:
+    "Method -> the method whose selected weight it keeps (`Method.weight_from`: an ablation keeps the full method's)."
+    from dive_nb.methods import METHODS
+    return {n: m.weight_from for n, m in METHODS.items() if m.weight_from}
 
 def choose_weight(
     val_acc: dict[float, float],  # weight -> ID validation accuracy
@@ -48,7 +60,7 @@ def _scores(ctx: Context, world, jobs: list, workers: int) -> list[float]:
 def select(
     params: dict, world, pretrained, teacher,
     out: str | Path,  # runs go to out/<method>-<lr or weight>
-    methods: list[str] | None = None,  # restrict to these methods (default: every method in LR_GROUPS / WEIGHTED)
+    methods: list[str] | None = None,  # restrict to these methods (default: every method with an `lr_group`)
 ) -> tuple[dict, list[dict]]:  # (chosen overrides per method, every candidate's record)
     "Apply the selection rule; returns the chosen values and a row per candidate."
     sel = params.get("select") or {}
@@ -56,8 +68,9 @@ def select(
     tol, seed, rule = float(sel.get("tolerance", 1.0)), int(sel.get("seed", 0)), sel.get("lr_rule", "best")
     workers = int(params.get("workers", 1))
     ctx, rows, chosen, out = Context(params, world, pretrained, teacher), [], {}, Path(out)
-    want = set(methods or [m for g in LR_GROUPS.values() for m in g])
-    bases = [b for b, members in LR_GROUPS.items() if want & set(members)]
+    groups, W = lr_groups(), weighted()
+    want = set(methods or [m for g in groups.values() for m in g])
+    bases = [b for b, members in groups.items() if want & set(members)]
     # 1. learning rates: every base objective at every lr (trained side by side), chosen by `select.lr_rule`
     jobs = [(b, seed, out / f"{b}-lr{lr:g}", {"lr": float(lr)}) for b in bases for lr in lrs]
     acc = dict(zip([j[2].name for j in jobs], _scores(ctx, world, jobs, workers)))  # run folder name -> ID val accuracy
@@ -68,10 +81,10 @@ def select(
             print(f"select {b} lr={lr:g}: ID val {acc[f'{b}-lr{lr:g}']:.1f}", flush=True)
         lr = choose_lr({float(v): acc[f"{b}-lr{v:g}"] for v in lrs}, len(ctx.suite.id_val), rule)
         best_acc[b] = acc[f"{b}-lr{lr:g}"]
-        for m in LR_GROUPS[b]:
+        for m in groups[b]:
             if m in want: chosen.setdefault(m, {})["lr"] = float(lr)
     # 2. regulariser weights at the group's lr: the largest within `tolerance` of FLYP's ID validation accuracy
-    wm = [(m, k) for m, k in WEIGHTED.items() if m in want]
+    wm = [(m, k) for m, k in W.items() if m in want]
     jobs = [(m, seed, out / f"{m}-{k}{w:g}", {k: float(w), "lr": chosen[m]["lr"]}) for m, k in wm for w in weights]
     acc = dict(zip([j[2].name for j in jobs], _scores(ctx, world, jobs, workers))) if jobs else {}
     for m, k in wm:
@@ -79,9 +92,9 @@ def select(
         for w, a in accs.items():
             rows.append({"method": m, "knob": k, "value": w, "id_val_acc": a})
             print(f"select {m} {k}={w:g}: ID val {a:.1f}", flush=True)
-        chosen[m][k] = choose_weight(accs, best_acc["flyp"], tol)
-    for m, src in INHERIT.items():
-        if m in want and src in chosen: chosen[m]["lam"] = chosen[src]["lam"]
+        chosen[m][k] = choose_weight(accs, best_acc[get_method(m).lr_group], tol)  # the tolerance is against its base (FLYP)
+    for m, src in inherited().items():
+        if m in want and src in chosen: chosen[m][W[src]] = chosen[src][W[src]]
     return chosen, rows
 
 def write_methods(

@@ -1,0 +1,63 @@
+"""A new method is one registry entry plus its params: the selection, the sweeps, the parameter check and every
+report table and figure read its facts from the entry, with no other edit (issue: one registry as the single source)."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from dive_nb import report, selection
+from dive_nb.config import check_params, load_params
+from dive_nb.experiment import sweep_runs
+from dive_nb.methods import METHODS, Method, Phase, register
+
+from test_report import RATES, fabricate_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def toy():
+    "A regulariser on top of FLYP from an imaginary paper, registered for one test and removed after it."
+    m = register(Method("toy", "FLYP + w * CLIP loss on reference pairs (a test's method)",
+                        (Phase(("visual", "text"), {"flyp": 1.0, "replay": "w"}),), hparams={"w": 1.0},
+                        paper="Toy paper", order=6, colour="#123456", lr_group="flyp", weight="w", sweeps=("alpha",)))
+    RATES["toy"] = (0.81, 0.6, 0.5)
+    yield m
+    del METHODS["toy"], RATES["toy"]
+
+
+def test_selection_plans_and_chooses_for_the_toy(toy, monkeypatch):
+    assert "toy" in selection.lr_groups()["flyp"] and selection.weighted()["toy"] == "w"
+    # the selection itself, with training replaced by fixed ID validation scores (flyp's lr 1e-3 wins; toy's weights
+    # cost 0, 0.5 and 3 points of FLYP's accuracy, so the largest within the 1-point tolerance is 0.3)
+    score = {"flyp-lr0.0001": 80.0, "flyp-lr0.001": 85.0, "toy-w0.1": 85.0, "toy-w0.3": 84.5, "toy-w1": 82.0}
+    monkeypatch.setattr(selection, "Context", lambda *a, **k: SimpleNamespace(suite=SimpleNamespace(id_val=[0] * 100)))
+    monkeypatch.setattr(selection, "_scores", lambda ctx, world, jobs, workers: [score[j[2].name] for j in jobs])
+    params = {"select": {"lr": [1e-4, 1e-3], "weight": [0.1, 0.3, 1.0], "tolerance": 1.0}, "workers": 1}
+    chosen, rows = selection.select(params, None, None, None, "/nonexistent", methods=["flyp", "toy"])
+    assert chosen == {"flyp": {"lr": 1e-3}, "toy": {"lr": 1e-3, "w": 0.3}}
+    assert {r["method"] for r in rows} == {"flyp", "toy"}
+
+
+def test_sweeps_and_params_know_the_toy(toy):
+    # a one-method sweep goes to the method that names it; two that name it are ambiguous, and said so
+    assert [m for m, _, _ in sweep_runs({"sweeps": {"refsize": [100, 300]}}, "refsize")] == ["dive", "dive"]
+    with pytest.raises(ValueError, match="expected one registered method with it in `sweeps`, got \\['dive', 'toy'\\]"):
+        sweep_runs({"sweeps": {"alpha": [0.0]}}, "alpha")
+    p = load_params(ROOT / "params.yaml")
+    p["main_methods"] = [*p["main_methods"], "toy"]  # the finetune matrix of dvc.yaml is ${main_methods}
+    p["methods"]["toy"] = {"w": 0.3, "lr": 0.001}
+    assert check_params(p)["methods"]["toy"] == {"w": 0.3, "lr": 0.001}
+
+
+def test_every_report_table_shows_the_toy(toy, tmp_path):
+    metrics = fabricate_profile(tmp_path / "metrics" / "mini", methods=("zeroshot", "ft", "flyp", "dive", "toy"), sweeps=False)
+    report.build_report(metrics, tmp_path / "tables", tmp_path / "figures", n_boot=100, verbose=False)
+    for t in ("main", "zeroshot", "geometry", "unified", "significance"):
+        text = (tmp_path / "tables" / "mini" / f"{t}.md").read_text()
+        assert "| toy" in text or "toy" in text.split("\n", 2)[2], t
+    rows = [l for l in (tmp_path / "tables" / "mini" / "unified.md").read_text().splitlines() if l.startswith("| ")]
+    order = [l.split("|")[1].strip() for l in rows[1:]]
+    assert order.index("flyp") < order.index("toy") < order.index("dive")  # its `order`, between FLYP's family and DiVE
+    assert "Toy paper" in next(l for l in rows if l.startswith("| toy"))  # its paper, not 'baseline'
+    assert report.method_colour("toy") == "#123456" and not report.is_core("toy") and report.is_core("dive")
