@@ -14,7 +14,7 @@ from .train import class_prompt_tokens
 
 # %% auto #0
 __all__ = ['encode', 'text_head', 'accuracy', 'macro_f1', 'worst_group_accuracy', 'recall_at_k', 'geometry_metrics', 'evaluate',
-           'git_revision', 'provenance']
+           'git_revision', 'provenance', 'expected_calibration_error']
 
 # %% ../nbs/22_evaluate.ipynb #b33d005c
 @torch.no_grad()
@@ -177,3 +177,25 @@ def provenance() -> dict:
     "Package version and git revision."
     import dive_nb
     return {"version": dive_nb.__version__, "git_rev": git_revision(Path(dive_nb.__file__).parent)}
+
+# %% ../nbs/22_evaluate.ipynb #6bd9094e
+def expected_calibration_error(
+    logits: torch.Tensor,  # (n, K) classification logits (e.g. s * img @ head.T)
+    labels: torch.Tensor,  # (n,) true classes
+    n_bins: int = 15,  # equal-width confidence bins on (0, 1]
+) -> float:  # ECE in [0, 1]: sum_b |B_b|/n * |acc(B_b) - conf(B_b)|
+    "Expected calibration error of the softmax confidence (Guo et al. 2017), equal-width bins."
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"logits must be a non-empty (n, K) tensor, got {getattr(logits, 'shape', type(logits).__name__)}")
+    labels = torch.as_tensor(labels, device=logits.device)
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be an int >= 1, got {n_bins!r}")
+    p = logits.detach().double().softmax(-1)
+    conf, pred = p.max(-1)
+    acc = (pred == labels).double()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=logits.device)
+    b = torch.bucketize(conf, edges[1:-1], right=False)  # bin i holds (edges[i], edges[i+1]]
+    gap = torch.bincount(b, weights=acc - conf, minlength=n_bins)  # per-bin sum of (acc - conf)
+    return float(gap.abs().sum() / len(conf))

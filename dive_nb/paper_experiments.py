@@ -13,12 +13,12 @@ from .methods import METHODS, TERMS, Method, Phase, StepContext, Term, get_metho
 from .losses.contrastive import clip_loss
 from .losses.cs import cs_divergence
 from .models import create_model, prepare_images
-from .evaluate import evaluate, encode, text_head, accuracy
+from .evaluate import evaluate, encode, text_head, accuracy, expected_calibration_error
 from .train import class_prompt_tokens
 from .experiment import (Context, finetune, resolve_run, provenance, map_in_workers, worker_context, _model_name,
                                 _rounded)
 from .other_methods import (_csa_pair, _hp, _replace, _setup_csa, _CSA_HP, few_shot_split, base_novel_split,
-                                   subsample_classes, harmonic_mean, expected_calibration_error)
+                                   subsample_classes, harmonic_mean)
 from .methods import FineTuneModel
 
 # %% auto #0

@@ -14,6 +14,7 @@ from tiny import register_c16
 import torch.nn.functional as F
 
 import dive_nb.other_methods as om  # registers the methods
+from dive_nb.evaluate import expected_calibration_error
 import dive_nb.train as train_mod
 from dive_nb.data import Split
 from dive_nb.distributed import cleanup_distributed, run_local_processes, setup_distributed
@@ -456,18 +457,18 @@ def test_ece_matches_oracle(seed, n_bins):
     g = torch.Generator().manual_seed(seed)
     L = torch.randn(200, 2 + seed, generator=g) * (0.5 + seed)
     y = torch.randint(0, 2 + seed, (200,), generator=g)
-    got = om.expected_calibration_error(L, y, n_bins)
+    got = expected_calibration_error(L, y, n_bins)
     assert 0 <= got <= 1 and math.isclose(got, _ece_oracle(L, y, n_bins), rel_tol=1e-9, abs_tol=1e-12)
-    assert math.isclose(om.expected_calibration_error(L.float(), y, n_bins), got, rel_tol=1e-5)  # float32 input
+    assert math.isclose(expected_calibration_error(L.float(), y, n_bins), got, rel_tol=1e-5)  # float32 input
 
 
 def test_ece_known_values_and_errors():
-    assert om.expected_calibration_error(torch.tensor([[30.0, -30.0]] * 5), torch.zeros(5, dtype=torch.long)) < 1e-12
-    assert math.isclose(om.expected_calibration_error(torch.tensor([[30.0, -30.0]] * 4), torch.ones(4, dtype=torch.long)), 1.0)
+    assert expected_calibration_error(torch.tensor([[30.0, -30.0]] * 5), torch.zeros(5, dtype=torch.long)) < 1e-12
+    assert math.isclose(expected_calibration_error(torch.tensor([[30.0, -30.0]] * 4), torch.ones(4, dtype=torch.long)), 1.0)
     # 1 bin: |accuracy - mean confidence|
     L = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
     conf = L.softmax(-1).max(-1).values.mean().item()
-    assert math.isclose(om.expected_calibration_error(L, torch.tensor([0, 0, 0]), 1), abs(2 / 3 - conf), rel_tol=1e-6)
-    with pytest.raises(ValueError, match="non-empty"): om.expected_calibration_error(torch.zeros(0, 3), torch.zeros(0))
-    with pytest.raises(ValueError, match="labels must have shape"): om.expected_calibration_error(torch.zeros(2, 3), torch.zeros(3))
-    with pytest.raises(ValueError, match="n_bins"): om.expected_calibration_error(torch.zeros(2, 3), torch.zeros(2), n_bins=0)
+    assert math.isclose(expected_calibration_error(L, torch.tensor([0, 0, 0]), 1), abs(2 / 3 - conf), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="non-empty"): expected_calibration_error(torch.zeros(0, 3), torch.zeros(0))
+    with pytest.raises(ValueError, match="labels must have shape"): expected_calibration_error(torch.zeros(2, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match="n_bins"): expected_calibration_error(torch.zeros(2, 3), torch.zeros(2), n_bins=0)
