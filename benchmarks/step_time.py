@@ -77,7 +77,9 @@ def _one(a) -> dict:
     if a.params:  # the pipeline's model (registers its tiny config)
         from dive_nb.experiment import load_params, _model_name
         a.model = _model_name(load_params(a.params))
-    clip, _, tok = create_model(a.model, device=a.device)
+    from dive_nb.models import TINY_MODELS
+    from dive_nb.miniworld import vocabulary
+    clip, _, tok = create_model(a.model, device=a.device, vocab=vocabulary() if a.model in TINY_MODELS else None)
     ctx = int(getattr(clip, "context_length", 16))
     vocab = int(getattr(clip, "vocab_size", 50))
     n, C = max(4 * a.batch, 64), 10

@@ -220,6 +220,10 @@ def _open_checkpoint(name: str, pretrained, vocab=None):
         import torch, tempfile
         from dive_nb.export import split_run_state
         if not (p / "model.pt").is_file(): raise CLIError(f"--pretrained {p}: a folder without model.pt (not a finished run)")
+        from dive_nb.models import TINY_MODELS
+        if vocab is None and name in TINY_MODELS:  # a run folder holds no vocabulary: a tiny tower's is the mini world's
+            from dive_nb.miniworld import vocabulary
+            vocab = vocabulary()
         clip, _, tok = create_model(name, vocab=vocab)
         plain, _ = split_run_state(torch.load(p / "model.pt", map_location="cpu", weights_only=True), set(clip.state_dict()))
         clip.load_state_dict(plain)

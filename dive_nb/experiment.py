@@ -102,7 +102,7 @@ def stage_pretrain(params: dict, world: str | Path, out: str | Path) -> Path:
     pp.setdefault("ref_batch_size", pp.get("batch_size", 256))  # pretraining draws its pairs as the "reference" batch
     cfg = TrainConfig(**{k: v for k, v in pp.items() if k in _TRAIN_KEYS})
     torch.manual_seed(cfg.seed)
-    clip, _, tok = create_model(_model_name(params))
+    clip, _, tok = create_model(_model_name(params), vocab=mw.vocabulary())
     pairs = mw.split_tensors(mw.load_world(world)["pretrain"])
     ref = Split(pairs["images"], {}, pairs["captions"], tok(pairs["captions"]))
     dummy = Split(pairs["images"][:1], {"shape": torch.zeros(1, dtype=torch.long)})

@@ -32,6 +32,7 @@ def export_run(
     run_dir: str | Path,  # a run folder with model.pt (artifacts/<profile>/runs/<method>-<seed>)
     out: str | Path,  # folder to write
     model_name: str,  # the architecture (`model.name` of the profile; tiny names must be registered)
+    vocab: list[str] | None = None,  # tiny towers: the tokenizer's words (default: the mini world's)
 ) -> dict:  # what export.json says
     "Write a run as open_clip_model.pt (plain open_clip weights) + extras.pt (+ vocab.json, model_config.json for tiny towers)."
     src = Path(run_dir) / "model.pt"
@@ -39,7 +40,10 @@ def export_run(
     state = torch.load(src, map_location="cpu", weights_only=True)
     if not any(k.startswith("clip.") for k in state):
         raise ValueError(f"{src} holds no `clip.` weights: not a dive-nb run's model.pt")
-    arch, _, _ = create_model(model_name)  # random init: only its key set is used
+    if vocab is None and model_name in TINY_MODELS:  # a tiny tower's words: the mini world's unless given
+        from dive_nb.miniworld import vocabulary
+        vocab = vocabulary()
+    arch, _, _ = create_model(model_name, vocab=vocab)  # random init: only its key set is used
     plain, extras = split_run_state(state, set(arch.state_dict()))
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     torch.save(plain, out / "open_clip_model.pt")

@@ -349,9 +349,9 @@ def _create_tiny(name, pretrained, device, precision, vocab):
             raise ValueError(f"checkpoint {pretrained} was saved from model {info['model_name']!r}, not {name!r}")
     if vocab is None:
         vocab = info.get("vocab")
-    if vocab is None:
-        from .miniworld import vocabulary  # lazy: the mini world sits below models in the layer order
-        vocab = vocabulary()
+    if vocab is None:  # models sit below the mini world in the layer order: the caller passes its words
+        raise ValueError(f"tiny model {name!r} without a checkpoint needs its tokenizer's words: pass vocab= (the mini "
+                         f"world's are dive_nb.miniworld.vocabulary())")
     if info.get("vocab") is not None and list(info["vocab"]) != list(vocab):
         raise ValueError(f"vocab differs from the vocabulary stored in checkpoint {pretrained}")
     text_cfg = dict(spec["config"]["text_cfg"])
@@ -414,7 +414,7 @@ def create_model(
     device: str | torch.device = "cpu",  # where the model lives
     cache_dir: str | None = None,  # Hugging Face / open_clip download cache (open_clip models)
     precision: str = "fp32",  # 'fp32', 'bf16', 'fp16' (open_clip models accept open_clip's other values too)
-    vocab: Sequence[str] | None = None,  # tiny models: the tokenizer's words (default: checkpoint's, else the mini world's)
+    vocab: Sequence[str] | None = None,  # tiny models: the tokenizer's words (default: the checkpoint's; random init needs them)
 ) -> tuple[nn.Module, Callable, Callable]:  # (model in eval mode, PIL preprocess, tokenizer)
     "Build a CLIP for either profile: tiny names offline (random init or our checkpoint), other names through open_clip."
     if not isinstance(name, str):

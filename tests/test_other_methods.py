@@ -24,7 +24,7 @@ from dive_nb.losses.gram import gram_alignment_loss, sculpt_loss
 from dive_nb.losses.mixup import m2mix_loss, sample_mix_lambda
 from dive_nb.losses.ot import prompt_ot_loss
 from dive_nb.methods import METHODS, TERMS, FineTuneModel, StepContext, get_method
-from dive_nb.miniworld import TASKS
+from dive_nb.miniworld import TASKS, vocabulary
 from dive_nb.models import create_model, prepare_images, zeroshot_classifier
 from dive_nb.train import TrainConfig, class_prompt_tokens, train
 
@@ -55,7 +55,7 @@ def loop_with_prompts(prompts):
 @functools.lru_cache(maxsize=None)
 def _world():
     torch.manual_seed(0)
-    clip, _, tok = create_model(register_c16())
+    clip, _, tok = create_model(register_c16(), vocab=vocabulary())
     head = zeroshot_classifier(clip, tok, TASK.classnames, TASK.templates)
     prompts = class_prompt_tokens(tok, TASK.classnames, TASK.templates)
     g = torch.Generator().manual_seed(0)

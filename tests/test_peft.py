@@ -22,7 +22,7 @@ LONG = "a small red circle with stripes at the left side on a blue background"  
 @pytest.fixture(scope="module", params=TINY)
 def tiny(request):
     torch.manual_seed(0)
-    clip, _, tok = create_model(request.param)
+    clip, _, tok = create_model(request.param, vocab=vocabulary())
     return clip, tok
 
 
