@@ -14,7 +14,7 @@ from torch import nn
 from ..geometry import check_2d, check_same_shape, cosine_matrix
 
 # %% auto #0
-__all__ = ['difference_vectors', 'avl_loss', 'pvl_loss', 'EMACenter', 'dive_loss', 'cosine_structure_loss']
+__all__ = ['difference_vectors', 'avl_loss', 'pvl_loss', 'EMACenter', 'cosine_structure_loss']
 
 # %% ../../nbs/02_dive.ipynb #a5334e40
 def difference_vectors(
@@ -92,34 +92,6 @@ class EMACenter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, alpha={self.alpha}"
-
-# %% ../../nbs/02_dive.ipynb #8e36cc2b
-def dive_loss(
-    ft_img: torch.Tensor,  # (n, d) reference images under the model being fine-tuned
-    pre_img: torch.Tensor,  # (n, d) same images under the frozen pre-trained model (no gradient)
-    ft_txt: torch.Tensor,  # (n, d) reference captions under the model being fine-tuned
-    pre_txt: torch.Tensor,  # (n, d) same captions under the frozen pre-trained model (no gradient)
-    center: EMACenter | None,  # EMA centre, updated in place with this batch before AVL uses it (unused if avl=False)
-    lam: float = 1.0,  # weight lambda on avl + pvl (the paper uses 1000 at its embedding scale)
-    avl: bool = True,  # include the average vector loss
-    pvl: bool = True,  # include the pairwise vector loss
-) -> dict:  # {"avl": scalar, "pvl": scalar, "loss": lam * (avl + pvl)}
-    "DiVE geometry terms on a reference batch: difference vectors, EMA-centred AVL and PVL, weighted by `lam`."
-    check_2d(ft_img, "ft_img"); check_2d(ft_txt, "ft_txt")
-    check_same_shape(ft_img, ft_txt, names=("ft_img", "ft_txt"))
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    u = difference_vectors(ft_img, pre_img)
-    v = difference_vectors(ft_txt, pre_txt)
-    zero = u.new_zeros(())
-    if avl:
-        if not isinstance(center, EMACenter):
-            raise ValueError(f"center must be an EMACenter when avl=True, got {type(center).__name__}")
-        l_avl = avl_loss(u, v, center.update(u, v))
-    else:
-        l_avl = zero
-    l_pvl = pvl_loss(u, v) if pvl else zero
-    return {"avl": l_avl, "pvl": l_pvl, "loss": lam * (l_avl + l_pvl)}
 
 # %% ../../nbs/02_dive.ipynb #8930620e
 def cosine_structure_loss(
