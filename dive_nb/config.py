@@ -117,7 +117,7 @@ MODEL_RULES: dict = {
 def _paper_exp(**extra) -> dict:  # the training keys a paper experiment may override, its learning-rate grid, plus its own
     return {"steps": INT1, "batch_size": INT1, "ref_batch_size": INT1, "lr": Rule("list", of=POS, nonempty=True),
             "methods": NAMES, **extra}
-PAIRS = Rule("str", choices=("id", "reference"))  # the retrieval experiments' pairs (nbs/26_paper_experiments.ipynb)
+PAIRS = Rule("str", choices=("id_detailed", "id", "reference"))  # the retrieval experiments' pairs (nbs/26_paper_experiments.ipynb)
 
 SCHEMA: dict = {
     "profile": Rule("str", choices=("mini", "paper")), "variant": Rule("str", none=True), "variants": Rule("any"),

@@ -23,10 +23,10 @@ from .other_methods import (_csa_pair, _hp, _replace, _setup_csa, _CSA_HP, few_s
 from .methods import FineTuneModel
 
 # %% auto #0
-__all__ = ['CAPTION_ATTRS', 'PAIR_SOURCES', 'VAL_SHOT_SEED', 'EXPERIMENTS', 'TRAIN_KEYS', 'unpaired_precompute', 'extra_captions',
-           'multicap_precompute', 'view', 'caption_pairs', 'run_view', 'pair_metrics', 'arithmetic', 'val_accuracy',
-           'reliability_bins', 'run_one', 'experiment_arms', 'lr_grid', 'selection_runs', 'select_lrs', 'final_runs',
-           'run_experiment']
+__all__ = ['CAPTION_ATTRS', 'PAIR_SOURCES', 'VAL_SHOT_SEED', 'EXPERIMENTS', 'TRAIN_KEYS', 'unpaired_precompute', 'world_captions',
+           'extra_captions', 'multicap_precompute', 'view', 'caption_pairs', 'run_view', 'pair_metrics', 'arithmetic',
+           'val_accuracy', 'reliability_bins', 'run_one', 'experiment_arms', 'lr_grid', 'selection_runs', 'select_lrs',
+           'final_runs', 'run_experiment']
 
 # %% ../nbs/26_paper_experiments.ipynb #57668129
 @torch.no_grad()
@@ -77,23 +77,32 @@ _replace(Method("csaligner_pairs", "CS-Aligner in its own setting: adapters on f
 # %% ../nbs/26_paper_experiments.ipynb #449d0c21
 CAPTION_ATTRS = ("style", "shape", "size", "colour", "texture", "position", "background")
 
-def extra_captions(
-    pairs: Split,  # image-caption pairs whose label columns hold every attribute (the mini world's splits do)
-    tok,  # list[str] -> (n, ctx) tokens
-    k: int,  # new captions per image
+def world_captions(
+    pairs: Split,  # images whose label columns hold every attribute (the mini world's splits do)
+    k: int = 1,  # captions per image
     seed: int = 0,
-) -> torch.Tensor:  # (n, k, ctx) tokens: k more captions of each image, drawn from the world's caption model
-    "More captions of the same images (the mini world's analogue of COCO's five captions per image)."
+    p_name: float = 0.7,  # probability of naming each visible attribute (1: detailed captions that name them all)
+) -> list[list[str]]:  # k lists of len(pairs) captions, drawn from the world's caption model
+    "New captions of the same images from the mini world's caption model (`dive_nb.miniworld.make_captions`)."
     import numpy as np
     from dive_nb.miniworld import NUISANCES, make_captions
     missing = [a for a in CAPTION_ATTRS if a not in pairs.labels]
-    if missing: raise ValueError(f"captions_per_image needs the attribute columns {missing} (a mini world pair split)")
+    if missing: raise ValueError(f"captions from the world's caption model need the attribute columns {missing} (a mini world split)")
     if k < 1: raise ValueError(f"captions_per_image must be >= 1, got {k}")
     attrs = {a: pairs.labels[a].numpy() for a in CAPTION_ATTRS}
-    attrs.update({k: np.zeros(len(pairs), np.int64) for k in NUISANCES})  # rendering nuisances: captions never read them
+    attrs.update({n: np.zeros(len(pairs), np.int64) for n in NUISANCES})  # rendering nuisances: captions never read them
     rng = np.random.default_rng([seed, 26_4])
-    caps = [make_captions(attrs, rng) for _ in range(k)]  # k lists of n captions
-    return torch.stack([tok(c) for c in caps], 1)
+    return [make_captions(attrs, rng, p_name) for _ in range(k)]
+
+def extra_captions(
+    pairs: Split,  # image-caption pairs with every attribute column
+    tok,  # list[str] -> (n, ctx) tokens
+    k: int,  # new captions per image
+    seed: int = 0,
+    p_name: float = 0.7,
+) -> torch.Tensor:  # (n, k, ctx) tokens: k more captions of each image
+    "More captions of the same images (the mini world's analogue of COCO's five captions per image)."
+    return torch.stack([tok(c) for c in world_captions(pairs, k, seed, p_name)], 1)
 
 @torch.no_grad()
 def multicap_precompute(
@@ -167,7 +176,7 @@ def view(
     return v
 
 # %% ../nbs/26_paper_experiments.ipynb #7750b171
-PAIR_SOURCES = ("id", "reference")
+PAIR_SOURCES = ("id_detailed", "id", "reference")
 
 def _with_tokens(s: Split, tok) -> Split:
     "The split with its captions tokenised (as it is when it already carries tokens)."
@@ -177,7 +186,7 @@ def _with_tokens(s: Split, tok) -> Split:
 
 def caption_pairs(
     ctx: Context,  # the profile's context
-    source: str = "id",  # 'id': the ID photos and their captions; 'reference': the reference pairs
+    source: str = "id_detailed",  # 'id_detailed': the ID photos with detailed captions; 'id': with the world's captions; 'reference': the reference pairs
     n_test: int = 1000,  # test pairs (the first rows of the test split)
 ) -> dict[str, Split]:  # {'train', 'val', 'test'}, each with caption tokens
     "Training, validation and test image-caption pairs of the retrieval experiments (m²-mix, CS-Aligner)."
@@ -187,6 +196,9 @@ def caption_pairs(
         r = s.retrieval; h = len(r) // 2
         return {"train": s.reference, "val": r.head(h), "test": r.take(torch.arange(h, len(r))).head(n_test)}
     parts = {"train": s.id_train, "val": s.id_val, "test": s.id_test.head(n_test)}
+    if source == "id_detailed":  # every visible attribute named: long captions the pre-training mix rarely had (Urban-1k / DOCCI's analogue)
+        return {k: dataclasses.replace(p, captions=(c := world_captions(p, 1, seed=i, p_name=1.0)[0]), tokens=ctx.tok(c))
+                for i, (k, p) in enumerate(parts.items())}
     missing = [k for k, p in parts.items() if p.captions is None and p.tokens is None]
     if missing:
         raise ValueError(f"papers.<experiment>.pairs: 'id' needs captions on the ID splits and {missing} have none "
@@ -384,7 +396,7 @@ def experiment_arms(
         return a
     arms = []
     if exp == "m2mix":
-        pairs = {"pairs": c.get("pairs", "id"), "ece": True, "arithmetic": True}
+        pairs = {"pairs": c.get("pairs", "id_detailed"), "ece": True, "arithmetic": True}
         over = {"ref_batch_size": c.get("pair_batch_size", 128)}
         arms.append(mk("pretrained", "zeroshot", {}, **pairs))
         arms += [mk(m, m, over, select=True, **pairs) for m in ("clip_pairs", "m2mix_pairs")]
@@ -411,7 +423,7 @@ def experiment_arms(
         arms.append(mk("no_ot", "promptot", {"lam": 0.0}, lr_from="promptot", shots=K, variant="no ot", **bn))
     else:
         over = {"ref_batch_size": c.get("pair_batch_size", 128)}
-        pairs = {"pairs": c.get("pairs", "id")}
+        pairs = {"pairs": c.get("pairs", "id_detailed")}
         N, k = int(c.get("n_paired", 1000)), c.get("captions_per_image")
         arms.append(mk("pretrained", "zeroshot", {}, setting="pre-trained", **pairs))
         arms.append(mk("nce", "csaligner_pairs", {**over, "lam": 0.0}, select=True, setting="InfoNCE, all pairs", **pairs))
