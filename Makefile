@@ -60,7 +60,7 @@ clean-venv:
 metrics: venv
 	$(BIN)/dvc metrics show metrics/mini_summary
 plots: venv
-	$(BIN)/dvc plots show $(addprefix figures/mini/,wise_curves.png lam_sweep.png mps_fewshot.png unified_id_vs_zs.png geometry_rsa.png csaligner_gap.png diffvec_pca.png embedding_geometry.png)
+	$(BIN)/dvc plots show $(addprefix figures/mini/,wise_curves.png lam_sweep.png mps_fewshot.png unified_id_vs_zs.png geometry_rsa.png csaligner_gap.png csaligner_pairs.png promptot_base2novel.png m2mix_reliability.png diffvec.png embedding_geometry.png)
 status: venv
 	$(BIN)/dvc status --with-deps dvc.yaml:report
 dag: venv

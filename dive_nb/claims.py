@@ -12,9 +12,10 @@ import pandas as pd
 from scipy import stats
 
 # %% auto #0
-__all__ = ['VERDICTS', 'SETS', 'SCALARS', 'DIVE_CLAIMS', 'CLAIM_COLUMNS', 'WORLD_CRITERIA', 'WORLD_CLAIMS', 'verdict', 'combine',
-           'pooled', 'compare_accuracy', 'compare_scalar', 'Claim', 'judge', 'judge_refsize', 'curve_ood_at',
-           'judge_effective_robustness', 'judge_cost', 'claims_frame', 'table_claims', 'selection_lrs', 'table_regime',
+__all__ = ['VERDICTS', 'SETS', 'SCALARS', 'DIVE_CLAIMS', 'ARM_SCALARS', 'ARM_COLUMNS', 'CLAIM_COLUMNS', 'WORLD_CRITERIA',
+           'WORLD_CLAIMS', 'verdict', 'combine', 'pooled', 'compare_accuracy', 'compare_scalar', 'Claim', 'judge',
+           'judge_refsize', 'curve_ood_at', 'judge_effective_robustness', 'judge_cost', 'ArmClaim', 'other_claims',
+           'judge_arms', 'other_claims_frame', 'claims_frame', 'table_claims', 'selection_lrs', 'table_regime',
            'worlds_frame', 'table_worlds']
 
 # %% ../nbs/31_claims.ipynb #7faa46f4
@@ -217,6 +218,150 @@ def judge_cost(ctx, world: str = "world 0") -> dict:
     return {**row, "ours": t, "n_seeds": 0, "verdict": "informational",
             "detail": f"time ×{t:.2f}, peak memory ×{mem:.2f} (benchmarks/step_time.py, {p})"}
 
+# %% ../nbs/31_claims.ipynb #bb5f72d2
+SETS.update({"R@1 i2t": ("ret_i2t",), "R@1 t2i": ("ret_t2i",), "arithmetic": ("arith",), "novel": ("bn_novel",),
+             "base": ("bn_base",)})
+ARM_SCALARS = {"ECE": ("ece", -1), "alignment": ("pairs.alignment", -1), "uniformity": ("pairs.uniformity", -1),
+               "modality gap": ("geometry.modality_gap", -1), "HM": ("hm", 1), "RSA": ("geometry.rsa", 1)}  # column, sign
+ARM_COLUMNS = {"ID": "id_acc", "OOD": "ood_avg", "ZS": "zs_avg", "R@1 i2t": "pairs.i2t_r1", "R@1 t2i": "pairs.t2i_r1",
+               "arithmetic": "arith_acc", "novel": "novel_acc", "base": "base_acc",
+               **{k: c for k, (c, _) in ARM_SCALARS.items()}}  # metric -> the record column shown as "ours"
+
+@dataclass(frozen=True)
+class ArmClaim:
+    "A claim judged in one paper experiment: every (metric, subject arm, rival arm, margin) must hold."
+    paper: str
+    claim_id: str
+    claim: str
+    exp: str  # the experiment (`papers.<exp>`) whose records it reads
+    comparisons: tuple  # ((metric, subject, rival, margin), ...)
+    evidence: str
+    note: str = ""
+    verdict: str = ""  # set only for rows that are not judged ('out of scope', 'not run'), with the reason in `note`
+
+def _arm(rows: pd.DataFrame, **match) -> str | None:
+    "The arm of the final rows whose columns equal `match` (None when no row does)."
+    m = rows
+    for k, v in match.items():
+        if k not in m: return None
+        m = m[m[k] == v]
+    return None if not len(m) else str(m["arm"].iloc[0])
+
+def _ev(paper: str, key: str) -> str:
+    from dive_nb.report import paper_numbers
+    return paper_numbers()["other_papers"][paper][key]
+
+def other_claims(records: dict) -> list[ArmClaim]:  # `records`: experiment -> its final rows (a DataFrame), absent if not run
+    "The 19 in-scope claims of m²-mix, MPS-Tuning, Prompt-OT and CS-Aligner, plus the out-of-scope ones, arms named from the records."
+    C, E = [], lambda k: pd.DataFrame(columns=["arm"]) if k not in records else records[k]
+    r1 = lambda sub, riv, mg=0.0: tuple((f"R@1 {d}", sub, riv, mg) for d in ("i2t", "t2i"))  # both retrieval directions
+    m = "m2mix_pairs"
+    C += [ArmClaim("m²-mix", "M1", "retrieval R@1 above CLIP-loss pair fine-tuning, both directions", "m2mix", r1(m, "clip_pairs"), _ev("m2mix", "M1")),
+          ArmClaim("m²-mix", "M2", "lower ECE than CLIP-loss pair fine-tuning", "m2mix", (("ECE", m, "clip_pairs", 0.0),), _ev("m2mix", "M2")),
+          ArmClaim("m²-mix", "M3", "better alignment and uniformity than CLIP-loss pair fine-tuning", "m2mix",
+                   (("alignment", m, "clip_pairs", 0.0), ("uniformity", m, "clip_pairs", 0.0)), _ev("m2mix", "M3")),
+          ArmClaim("m²-mix", "M4", "zero-shot accuracy under shift (OOD styles) ≥ CLIP-loss pair fine-tuning", "m2mix",
+                   (("OOD", m, "clip_pairs", 1.0),), _ev("m2mix", "M4")),
+          ArmClaim("m²-mix", "M5", "embedding arithmetic (image + text('c′ s') − text('c s')) above CLIP-loss pair fine-tuning",
+                   "m2mix", (("arithmetic", m, "clip_pairs", 0.0),), _ev("m2mix", "M5"), "SIMAT's analogue"),
+          ArmClaim("m²-mix", "M6", "captioning", "m2mix", (), _ev("m2mix", "M6"), "needs a caption decoder", "out of scope")]
+    R = E("mps")
+    shots = sorted(int(k) for k in R["shots"].dropna().unique()) if "shots" in R else []
+    K = max(shots) if shots else 16
+    a = lambda **kw: _arm(R, **kw) or f"mps ({kw})"
+    full, ce = a(method="mps", shots=K, variant="main"), a(variant="ce only")
+    gram, sculpt, glob, loc = a(variant="+ gram"), a(variant="+ sculpt"), a(variant="gram global only"), a(variant="gram local only")
+    C += [ArmClaim("MPS-Tuning", "P1", f"few-shot ID accuracy above CoOp and the linear probe at every K ({', '.join(map(str, shots))})",
+                   "mps", tuple(("ID", a(method="mps", shots=k, variant="main"), a(method=r, shots=k, variant="main"), 0.0)
+                                for k in shots for r in ("coop", "lp")), _ev("mps", "P1")),
+          ArmClaim("MPS-Tuning", "P2", f"ablation at K = {K}: CE + MAR and CE + HMS each above CE only, the full objective above both",
+                   "mps", (("ID", gram, ce, 0.0), ("ID", sculpt, ce, 0.0), ("ID", full, gram, 0.0), ("ID", full, sculpt, 0.0)),
+                   _ev("mps", "P2"), "MAR = the Gram terms, HMS = sculpting"),
+          ArmClaim("MPS-Tuning", "P3", f"MAR variants at K = {K}: global only and local only each above none, both above each",
+                   "mps", (("ID", glob, sculpt, 0.0), ("ID", loc, sculpt, 0.0), ("ID", full, glob, 0.0), ("ID", full, loc, 0.0)),
+                   _ev("mps", "P3"), "none = CE + HMS"),
+          ArmClaim("MPS-Tuning", "P4", f"domain generalisation at K = {K}: OOD average above zero-shot's and CoOp's", "mps",
+                   (("OOD", full, a(method="zeroshot"), 0.0), ("OOD", full, a(method="coop", shots=K, variant="main"), 0.0)), _ev("mps", "P4")),
+          ArmClaim("MPS-Tuning", "P5", f"the manifold is kept: RSA to the pre-trained model above CE-only tuning's (K = {K})", "mps",
+                   (("RSA", full, ce, 0.0),), _ev("mps", "P5"))]
+    C += [ArmClaim("Prompt-OT", "O1", "base-to-novel harmonic mean above CoOp's", "promptot", (("HM", "promptot", "coop", 0.0),), _ev("promptot", "O1")),
+          ArmClaim("Prompt-OT", "O2", "novel-class accuracy ≥ the pre-trained model's − 1", "promptot",
+                   (("novel", "promptot", "pretrained", 1.0),), _ev("promptot", "O2")),
+          ArmClaim("Prompt-OT", "O3", "cross-task: the other tasks' zero-shot accuracy after prompt learning above CoOp's", "promptot",
+                   (("ZS", "promptot", "coop", 0.0),), _ev("promptot", "O3")),
+          ArmClaim("Prompt-OT", "O4", "domain generalisation: OOD average above CoOp's", "promptot", (("OOD", "promptot", "coop", 0.0),),
+                   _ev("promptot", "O4"))]
+    S = E("csaligner")
+    Ns = sorted(int(x) for x in S["n_pairs"].dropna().unique()) if "n_pairs" in S else []
+    N = Ns[0] if Ns else 1000
+    one, unp, two = f"paired_{N}", f"paired_{N}_unpaired_{2 * N}", f"paired_{2 * N}"
+    multi = next((x for x in S["arm"] if str(x).startswith(f"paired_{N}_captions_")), f"paired_{N}_captions_k") if len(S) else f"paired_{N}_captions_k"
+    C += [ArmClaim("CS-Aligner", "S1", "smaller modality gap than InfoNCE-only alignment", "csaligner", (("modality gap", "nce_cs", "nce", 0.0),),
+                   _ev("csaligner", "S1")),
+          ArmClaim("CS-Aligner", "S2", "retrieval R@1 above InfoNCE-only alignment, both directions", "csaligner", r1("nce_cs", "nce"),
+                   _ev("csaligner", "S2")),
+          ArmClaim("CS-Aligner", "S3", f"{N} paired + {2 * N} unpaired above {N} paired, and ≥ {2 * N} paired", "csaligner",
+                   r1(unp, one) + r1(unp, two, 1.0), _ev("csaligner", "S3"), "the paper's metric is text-to-image FID, ours retrieval R@1"),
+          ArmClaim("CS-Aligner", "S4", "several captions per image in the CS term above one", "csaligner", r1(multi, one), _ev("csaligner", "S4")),
+          ArmClaim("CS-Aligner", "S5", "a token-level CS term (patch vs caption tokens) improves retrieval", "csaligner", (), _ev("csaligner", "S5"),
+                   "not built: the token-level term needs the towers' token outputs in the loop (the paper's metric is FID, 12.62 → 12.14)", "not run"),
+          ArmClaim("CS-Aligner", "S6", "text-to-image generation FID", "csaligner", (), _ev("csaligner", "S6"),
+                   "needs diffusion decoders and FID over 30K images", "out of scope")]
+    return C
+
+def judge_arms(
+    c: ArmClaim,
+    rows: pd.DataFrame | None,  # the experiment's final rows (None: not run)
+    preds,  # (exp, run name) -> the run's per-example correctness dict, or None
+    n_boot: int = 10000, seed: int = 0, world: str = "world 0",
+) -> dict:  # one claims-table row
+    "Evaluate one claim of another paper on its experiment's final runs."
+    metric = c.comparisons[0][0] if c.comparisons else "-"
+    base = {"paper": c.paper, "claim_id": c.claim_id, "claim": c.claim + (f" ({c.note})" if c.note and not c.verdict else ""),
+            "metric": metric, "world": world, "n_seeds": 0, "paper_evidence": c.evidence, "ours": np.nan, "delta": np.nan,
+            "ci_low": np.nan, "ci_high": np.nan}
+    if c.verdict: return {**base, "verdict": c.verdict, "detail": c.note}
+    if rows is None or not len(rows): return {**base, "verdict": "not run", "detail": f"no records of papers.{c.exp}"}
+    comps = []
+    for met, sub, riv, margin in c.comparisons:
+        label = f"{met}: {sub} vs {riv}" + (f" − {margin:g}" if margin else "")
+        A, B = rows[rows["arm"] == sub], rows[rows["arm"] == riv]
+        seeds = sorted(set(A["seed"].astype(int)) & set(B["seed"].astype(int)))
+        if not seeds: comps.append((label, None)); continue
+        if met in ARM_SCALARS:
+            col, sign = ARM_SCALARS[met]
+            a, b = (A.set_index("seed")[col].astype(float), B.set_index("seed")[col].astype(float))
+            comps.append((label, compare_scalar(a, b, margin) if sign > 0 else compare_scalar(b, a, margin)))
+            continue
+        pa = [preds(c.exp, A.loc[A["seed"] == s, "name"].iloc[0]) for s in seeds]
+        pb = [preds(c.exp, B.loc[B["seed"] == s, "name"].iloc[0]) for s in seeds]
+        if any(p is None for p in pa + pb): comps.append((label, None)); continue
+        comps.append((label, compare_accuracy(pa, pb, met, margin, n_boot, seed)))
+    sub = rows[rows["arm"] == c.comparisons[0][1]]
+    col = ARM_COLUMNS.get(metric)
+    ours = float(sub[col].astype(float).mean()) if col in sub and len(sub) else np.nan
+    claim = Claim(c.paper, c.claim_id, c.claim, metric, c.comparisons[0][1], (), c.evidence, c.note)
+    fmt = lambda n, r: f"{n}: not run" if r is None else f"{n}: {r['delta']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}] ({r['verdict']})"
+    return {**_row(claim, world, ours, comps), "detail": "; ".join(fmt(n, r) for n, r in comps)}
+
+def other_claims_frame(ctx, world: str = "world 0") -> pd.DataFrame:
+    "Every claim of the other four papers judged on the `papers` stage's records (CLAIM_COLUMNS)."
+    import torch
+    recs, cache = {}, {}
+    for exp in ("m2mix", "mps", "promptot", "csaligner"):
+        p = Path(ctx.metrics_dir) / "papers" / f"{exp}.json"
+        if p.exists():
+            r = pd.DataFrame(json.loads(p.read_text()).get("rows", []))
+            if len(r) and "arm" in r: recs[exp] = r
+    def preds(exp, name):
+        if (exp, name) not in cache:
+            q = None if ctx.preds_dir is None else Path(ctx.preds_dir) / "papers" / exp / f"{name}.preds.pt"
+            cache[exp, name] = ({k: v.numpy() for k, v in torch.load(q, weights_only=True).get("correct", {}).items()} or None
+                                if q is not None and q.exists() else None)
+        return cache[exp, name]
+    rows = [judge_arms(c, recs.get(c.exp), preds, ctx.n_boot, ctx.seed, world) for c in other_claims(recs)]
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
 # %% ../nbs/31_claims.ipynb #f2a4d38c
 CLAIM_COLUMNS = ["paper", "claim_id", "claim", "metric", "world", "n_seeds", "paper_evidence", "ours", "delta",
                  "ci_low", "ci_high", "verdict", "detail"]
@@ -225,12 +370,12 @@ def claims_frame(
     ctx,  # the report's context
     world: str = "world 0",
 ) -> pd.DataFrame:  # CLAIM_COLUMNS, one row per claim, in claim order
-    "Every DiVE claim judged on the records."
+    "Every DiVE claim judged on the main records, then the other four papers' claims on their experiments' records."
     rows = [judge(c, ctx, world) for c in DIVE_CLAIMS if c.claim_id < "D8"]
     rows += judge_refsize(ctx, world)
     rows += [judge(c, ctx, world) for c in DIVE_CLAIMS if c.claim_id == "D9"]
     rows += [judge_effective_robustness(ctx, world), judge_cost(ctx, world)]
-    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    return pd.concat([pd.DataFrame(rows, columns=CLAIM_COLUMNS), other_claims_frame(ctx, world)], ignore_index=True)
 
 def table_claims(ctx):  # -> dive_nb.report.Table
     "The claims table: one row per claim, its evidence and its computed verdict."
@@ -243,10 +388,12 @@ def table_claims(ctx):  # -> dive_nb.report.Table
                     ci_low=[f(v, 3 if m.startswith("RSA") else 2) for v, m in zip(num["ci_low"], num["metric"])],
                     ci_high=[f(v, 3 if m.startswith("RSA") else 2) for v, m in zip(num["ci_high"], num["metric"])])
     counts = num["verdict"].value_counts()
-    return Table("claims", "The DiVE paper's claims on the mini world: evidence and verdicts computed from the records "
+    by = num.groupby("paper", sort=False)["verdict"].agg(lambda v: f"{(v == 'reproduced').sum()} of {(~v.isin(['out of scope', 'informational'])).sum()} reproduced")
+    return Table("claims", "The five papers' claims on the mini world: evidence and verdicts computed from the records "
                  "(rule in nbs/31_claims.ipynb). ours: the subject's mean; delta and 95% interval: the binding comparison "
                  "(lowest interval bound); detail: every comparison.", md, num,
-                 ["Verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ". Accuracy comparisons: per-example "
+                 ["Verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " (" + "; ".join(f"{p}: {t}" for p, t in by.items())
+                  + ", out-of-scope and informational rows aside). Accuracy comparisons: per-example "
                   "paired bootstrap, seeds pooled per example; RSA and effective robustness: paired t interval over seeds."])
 
 # %% ../nbs/31_claims.ipynb #713818f2

@@ -285,8 +285,8 @@ def cmd_papers(args) -> int:
     "One of the other papers' own experiments (nbs/26_paper_experiments.ipynb)."
     params = _load(args); P = _paths(args, params)
     _check_inputs(args, params, P)
-    from dive_nb.paper_experiments import experiment_runs, run_experiment
-    experiment_runs(params, args.name)  # an unknown experiment or a missing papers section stops here
+    from dive_nb.paper_experiments import experiment_arms, lr_grid, run_experiment
+    experiment_arms(params, args.name); lr_grid(params, args.name)  # an unknown experiment, a missing papers section or no learning rate stops here
     run_experiment(params, args.name, P["world"], P["pretrained"], P["teacher"], P["root"] / "papers",
                    P["metrics"] / "papers" / f"{args.name}.json", P["root"] / "preds" / "papers")
     return 0

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['INT1', 'INT0', 'POS', 'NONNEG', 'PROB', 'NAME', 'NAMES', 'TRAIN_RULES', 'WORLD_RULES', 'MODEL_RULES', 'SCHEMA',
-           'REQUIRED', 'ParamsError', 'Rule', 'check_section', 'check_methods', 'check_method_names', 'check_params',
-           'apply_variant', 'read_params', 'load_params']
+__all__ = ['INT1', 'INT0', 'POS', 'NONNEG', 'PROB', 'NAME', 'NAMES', 'TRAIN_RULES', 'WORLD_RULES', 'MODEL_RULES', 'PAIRS',
+           'SCHEMA', 'REQUIRED', 'ParamsError', 'Rule', 'check_section', 'check_methods', 'check_method_names',
+           'check_params', 'apply_variant', 'read_params', 'load_params']
 
 # %% ../nbs/28_config.ipynb #1d35bbe2
 class ParamsError(ValueError):
@@ -114,8 +114,10 @@ MODEL_RULES: dict = {
     "stem": {"channels": Rule("list", of=INT1, nonempty=True), "depth": INT1,
              "norm": Rule("str", choices=("group", "layer", "none")), "colour_path": Rule("bool")}}
 
-def _paper_exp(**extra) -> dict:  # the training keys a paper experiment may override, plus its own
-    return {"steps": INT1, "batch_size": INT1, "ref_batch_size": INT1, "lr": POS, "methods": NAMES, **extra}
+def _paper_exp(**extra) -> dict:  # the training keys a paper experiment may override, its learning-rate grid, plus its own
+    return {"steps": INT1, "batch_size": INT1, "ref_batch_size": INT1, "lr": Rule("list", of=POS, nonempty=True),
+            "methods": NAMES, **extra}
+PAIRS = Rule("str", choices=("id_detailed", "id", "reference"))  # the retrieval experiments' pairs (nbs/26_paper_experiments.ipynb)
 
 SCHEMA: dict = {
     "profile": Rule("str", choices=("mini", "paper")), "variant": Rule("str", none=True), "variants": Rule("any"),
@@ -125,10 +127,11 @@ SCHEMA: dict = {
     "methods": Rule("any"),  # checked against the registry by `check_methods`
     "data": {"root": NAME, "id": Rule("strs"), "ood": Rule("strs"), "zeroshot": Rule("strs"), "reference": NAME,
              "retrieval": NAME, "id_val_fraction": Rule("float", lo=0, lo_open=True), "reference_size": Rule("int", lo=1, none=True)},
-    "papers": {"seed": INT0, "m2mix": _paper_exp(pair_batch_size=INT1),
-               "mps": _paper_exp(shots=Rule("list", of=INT1, nonempty=True)),
+    "papers": {"seeds": Rule("list", of=INT0, nonempty=True),
+               "m2mix": _paper_exp(pair_batch_size=INT1, pairs=PAIRS, n_test=INT1),
+               "mps": _paper_exp(shots=Rule("list", of=INT1, nonempty=True), val_shots=INT1),
                "promptot": _paper_exp(shots=INT1, n_classes=Rule("int", lo=2)),
-               "csaligner": _paper_exp(pair_batch_size=INT1, n_paired=INT1)},
+               "csaligner": _paper_exp(pair_batch_size=INT1, n_paired=INT1, pairs=PAIRS, n_test=INT1, captions_per_image=INT1)},
     "cost": {"steps": INT1, "repeats": INT1},
     "worlds": {"seeds": Rule("list", of=INT0), "seed": INT0, "methods": NAMES},  # other world seeds (nbs/23_experiment.ipynb)
     "sweeps": {"seed": INT0, "lam": {"*": Rule("list", of=NONNEG, nonempty=True)}, "alpha": Rule("list", of=PROB),

@@ -411,11 +411,11 @@ def _fix_articles(text: str) -> str:
                     for i, x in enumerate(w))
 
 
-def _caption(style, shape, size, colour, texture, position, background, u) -> str:
+def _caption(style, shape, size, colour, texture, position, background, u, p_name: float = P_NAME) -> str:
     "One caption from attribute names/ids and a row `u` of 24 uniform random numbers."
     pick = lambda opts, x: opts[int(x * len(opts))]
     vis = VISIBLE[style]
-    named = {k: (k in vis and u[i] < P_NAME) for i, k in enumerate(("colour", "texture", "size", "position", "background"))}
+    named = {k: (k in vis and u[i] < p_name) for i, k in enumerate(("colour", "texture", "size", "position", "background"))}
     pre, post = [], []
     if named["size"]:
         w = pick(SIZE_WORDS[size], u[5])
@@ -442,16 +442,18 @@ def _caption(style, shape, size, colour, texture, position, background, u) -> st
 def make_captions(
     attrs: dict,  # output of sample_attributes
     rng: np.random.Generator,  # randomness for the template choices
+    p_name: float = P_NAME,  # probability of naming each visible non-shape attribute (1: every one, a detailed caption)
 ) -> list[str]:  # one lowercase caption per image (no punctuation)
-    "Varied captions: always the shape, each other visible attribute with probability 0.7, style words if not a photo."
+    "Varied captions: always the shape, each other visible attribute with probability `p_name` (0.7), style words if not a photo."
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected a numpy Generator, got {type(rng).__name__}")
+    if not 0.0 <= p_name <= 1.0: raise ValueError(f"p_name: expected a probability in [0, 1], got {p_name}")
     n = _check_attrs(attrs)
     u = rng.random((n, 24))
     cols = [np.asarray(attrs[k]).tolist() for k in ("style", "shape", "size", "colour", "texture",
                                                     "position", "background")]
     # A Python loop over strings (captions are not tensors); ~10 us per caption.
-    return [_caption(STYLES[st], *rest, uu) for st, *rest, uu in zip(*cols, u.tolist())]
+    return [_caption(STYLES[st], *rest, uu, p_name) for st, *rest, uu in zip(*cols, u.tolist())]
 
 # %% ../nbs/10_miniworld.ipynb #93c173d3
 def _words(text: str) -> list[str]:

@@ -20,7 +20,8 @@ __all__ = ['PAPER_SOURCE', 'PAPER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'TAB
            'table_significance', 'paper_of', 'method_setting', 'table_unified', 'method_colour', 'save_figure',
            'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world',
            'diffvec_stats', 'figure_diffvec', 'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot',
-           'table_mps_ablation', 'table_promptot', 'table_csaligner', 'figure_mps_fewshot', 'figure_csaligner_gap',
+           'table_mps_ablation', 'table_promptot', 'table_csaligner', 'table_papers_selection', 'figure_mps_fewshot',
+           'figure_promptot', 'figure_csaligner_pairs', 'figure_m2mix_reliability', 'figure_csaligner_gap',
            'figure_id_vs_ood', 'is_core', 'stage_durations', 'table_timing', 'build_report', 'write_summary']
 
 # %% ../nbs/30_report.ipynb #7d5749de
@@ -955,121 +956,210 @@ FIGURES = {"geometry_rsa": figure_geometry_rsa, "wise_curves": figure_wise_curve
            "embedding_geometry": figure_embedding_geometry}
 
 # %% ../nbs/30_report.ipynb #14bdab68
-def _papers(ctx: _Context, exp: str) -> pd.DataFrame:
-    "The rows of one paper experiment, or _Skip when it has not run."
+def _papers(ctx: _Context, exp: str, key: str = "rows") -> pd.DataFrame:
+    "The final rows (or 'selection' rows) of one paper experiment, or _Skip when it has not run."
     p = ctx.metrics_dir / "papers" / f"{exp}.json"
     if not p.exists(): raise _Skip(f"no {p}")
-    rows = json.loads(p.read_text())["rows"]
-    if not rows: raise _Skip(f"{p} has no rows")
-    return pd.DataFrame(rows)
+    rows = json.loads(p.read_text()).get(key) or []
+    if not rows: raise _Skip(f"{p} has no {key}")
+    D = pd.DataFrame(rows)
+    if "arm" not in D: raise _Skip(f"{p} predates arms and seeds: rerun the papers stage (dvc repro papers)")
+    return D
 
-def _cols(df: pd.DataFrame, spec: dict, digits: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Formatted and numeric frames of the columns in spec (record key -> label) that the rows have."
-    keep = {k: v for k, v in spec.items() if k in df.columns}
-    num = df[list(keep)].copy()
-    md = num.copy()
-    for k in keep:
-        if pd.api.types.is_float_dtype(num[k]):
-            d = (digits or {}).get(k, 3 if k.startswith("geometry.") else 1)
-            md[k] = [_fmt(v, d) for v in num[k]]
-    md.columns = list(keep.values())
-    return md, num
+def _arm_stats(D: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    "Per arm, in the records' order: the first row's descriptive fields, mean and std over seeds of `cols`, n seeds."
+    cols = [c for c in cols if c in D.columns]
+    g = D.groupby("arm", sort=False)
+    out = g.first().drop(columns=cols + ["seed"], errors="ignore")
+    for c in cols:
+        out[c], out[f"{c}.std"] = g[c].mean(), g[c].std()
+    out["n"] = g["seed"].nunique()
+    return out.reset_index()
+
+_DIGITS3 = {"pairs.alignment", "pairs.uniformity", "geometry.modality_gap", "geometry.rsa"}  # shown with 3 decimals
+
+def _arm_table(D: pd.DataFrame, spec: dict, digits: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Formatted ('mean ± std') and numeric frames of the columns in spec (record key -> label), one row per arm."
+    S = _arm_stats(D, [k for k in spec if k in D.columns and pd.api.types.is_numeric_dtype(D[k])])
+    keep = {k: v for k, v in spec.items() if k in S.columns}
+    md = pd.DataFrame({lab: ([fmt_mean_std(m, s, n, (digits or {}).get(k, 3 if k in _DIGITS3 else 1))
+                              for m, s, n in zip(S[k], S[f"{k}.std"], S["n"])] if f"{k}.std" in S else S[k].astype(str))
+                       for k, lab in keep.items()})
+    return md, S[["arm", "n"] + [c for k in keep for c in (k, f"{k}.std") if c in S and c != "arm"]]
+
+def _lr(D: pd.DataFrame) -> list[str]:
+    return [_fmt_value(v) if pd.notna(v) else "" for v in D.groupby("arm", sort=False)["lr"].first()] if "lr" in D else []
 
 def table_m2mix(ctx: _Context) -> Table:
-    "m²-mix's setting: fine-tuning on image-caption pairs, retrieval, alignment / uniformity, calibration."
+    "m²-mix's setting: fine-tuning on image-caption pairs of a new distribution; retrieval, alignment / uniformity, ECE, arithmetic."
     D = _papers(ctx, "m2mix")
-    md, num = _cols(D, {"method": "method", "i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10",
-                        "t2i_r1": "t2i R@1", "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10", "geometry.alignment": "alignment",
-                        "geometry.uniformity": "uniformity", "ece": "ECE (%)", "zs_avg": "ZS avg"})
-    return Table("m2mix_retrieval", f"m²-mix's setting: fine-tuning both encoders on the reference pairs with the "
-                 f"CLIP loss (clip_pairs) or CLIP + m²-mix (m2mix_pairs); retrieval (%), alignment (lower = closer "
-                 f"pairs), uniformity (lower = more uniform), ECE of the zero-shot ID head; seed {int(D['seed'][0])}.", md, num)
+    md, num = _arm_table(D, {"arm": "arm", "pairs.i2t_r1": "i2t R@1", "pairs.t2i_r1": "t2i R@1", "pairs.alignment": "alignment",
+                             "pairs.uniformity": "uniformity", "ece": "ECE (%)", "arith_acc": "arithmetic (%)", "ood_avg": "OOD avg"})
+    md.insert(1, "lr", _lr(D))
+    return Table("m2mix_retrieval", f"m²-mix's setting: both encoders fine-tuned on image-caption pairs ({D['pairs'].iloc[0] if 'pairs' in D else 'id'} "
+                 f"pairs) with the CLIP loss at 1/τ = 100 (clip_pairs) or CLIP + m²-mix (m2mix_pairs); R@1 (%) on the "
+                 f"experiment's test pairs, alignment and uniformity of those pairs (lower is better), ECE of the zero-shot ID "
+                 f"head, embedding arithmetic, OOD average; mean ± std over {_seeds(D)}; lr selected on validation pairs.", md, num)
 
 def table_mps_fewshot(ctx: _Context) -> Table:
-    "MPS-Tuning's few-shot table: ID accuracy per K and method, and the OOD average at the largest K."
+    "MPS-Tuning's few-shot table: ID accuracy per K and method (mean ± std over seeds), and the OOD average at the largest K."
     D = _papers(ctx, "mps")
-    D = D[D["variant"] == "main"]
-    piv = D.pivot(index="method", columns="shots", values="id_acc")
-    piv = piv.loc[[m for m in ("mps", "coop", "lp", "ft") if m in piv.index] + [m for m in piv.index if m not in ("mps", "coop", "lp", "ft")]]
-    K = int(D["shots"].max())
-    dg = D[D["shots"] == K].set_index("method")
-    num = pd.DataFrame({"method": piv.index, **{f"id_k{int(k)}": piv[k].to_numpy() for k in piv.columns},
-                        f"ood_avg_k{K}": dg.loc[piv.index, "ood_avg"].to_numpy(),
-                        "trainable_params": dg.loc[piv.index, "trainable_params"].to_numpy()})
-    md = pd.DataFrame({"method": piv.index, **{f"ID K={int(k)}": [_fmt(v) for v in piv[k]] for k in piv.columns},
-                       f"OOD avg K={K}": [_fmt(v) for v in num[f"ood_avg_k{K}"]],
-                       "trainable params": [_fmt(v, 0) for v in num["trainable_params"]]})
-    return Table("mps_fewshot", f"MPS-Tuning's few-shot protocol: ID top-1 accuracy (%) with K shots per class, and "
-                 f"domain generalisation (OOD average, trained on photos) at K = {K}; seed {int(D['seed'].iloc[0])}, "
-                 f"one run per cell (figure mps_fewshot.png).", md, num)
+    D = D[D.get("variant", pd.Series(index=D.index, dtype=object)) == "main"]
+    if not len(D): raise _Skip("no main few-shot runs in papers/mps.json")
+    ms = [m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])] + sorted(set(D["method"]) - {"mps", "coop", "lp", "ft"})
+    Ks = sorted(int(k) for k in D["shots"].unique())
+    g = D.groupby(["method", "shots"])
+    mean, std, n = g["id_acc"].mean(), g["id_acc"].std(), g["seed"].nunique()
+    K = Ks[-1]
+    o = D[D["shots"] == K].groupby("method")["ood_avg"].agg(["mean", "std", "count"])
+    num = pd.DataFrame({"method": ms, **{f"id_k{k}": [mean.get((m, k), np.nan) for m in ms] for k in Ks},
+                        **{f"id_k{k}.std": [std.get((m, k), np.nan) for m in ms] for k in Ks},
+                        f"ood_avg_k{K}": [o["mean"].get(m, np.nan) for m in ms], f"ood_avg_k{K}.std": [o["std"].get(m, np.nan) for m in ms]})
+    md = pd.DataFrame({"method": ms, **{f"ID K={k}": [fmt_mean_std(mean.get((m, k), np.nan), std.get((m, k), np.nan), n.get((m, k), 0)) for m in ms] for k in Ks},
+                       f"OOD avg K={K}": [fmt_mean_std(o["mean"].get(m, np.nan), o["std"].get(m, np.nan), int(o["count"].get(m, 0))) for m in ms],
+                       "lr": [_fmt_value(D.loc[D["method"] == m, "lr"].iloc[0]) for m in ms]})
+    return Table("mps_fewshot", f"MPS-Tuning's few-shot protocol: ID top-1 accuracy (%) with K shots per class, and domain "
+                 f"generalisation (OOD average, trained on photos) at K = {K}; mean ± std over {_seeds(D)} (each seed draws "
+                 f"its own shots); lr selected at K = {K} on a held-out 16-shot validation set (figure mps_fewshot.png).", md, num)
 
 def table_mps_ablation(ctx: _Context) -> Table:
-    "MPS-Tuning's component ablation (CE, + Gram, + sculpt, full) and global / local Gram ablation."
+    "MPS-Tuning's component ablation (CE, + Gram, + sculpt, full) and global / local Gram ablation, at the largest K."
     D = _papers(ctx, "mps")
+    D = D[D["shots"].notna()]
     K = int(D["shots"].max())
     full = D[(D["method"] == "mps") & (D["variant"] == "main") & (D["shots"] == K)].assign(variant="full (CE + Gram + sculpt)")
-    A = pd.concat([D[(D["variant"] != "main")], full])
+    A = pd.concat([full, D[(D["variant"] != "main")]])
     order = ["ce only", "+ gram", "+ sculpt", "full (CE + Gram + sculpt)", "gram global only", "gram local only"]
-    A = A.set_index("variant").loc[[o for o in order if o in set(A["variant"])]].reset_index()
-    md, num = _cols(A, {"variant": "variant", "id_acc": "ID", "ood_avg": "OOD avg", "zs_avg": "ZS avg"})
-    return Table("mps_ablation", f"MPS-Tuning ablations at K = {K}: the loss components and the two Gram terms; "
-                 f"accuracy (%), seed {int(A['seed'].iloc[0])}.", md, num)
+    A = A.assign(_o=A["variant"].map({v: i for i, v in enumerate(order)})).sort_values(["_o", "seed"], kind="stable")
+    md, num = _arm_table(A, {"variant": "variant", "id_acc": "ID", "ood_avg": "OOD avg", "zs_avg": "ZS avg", "geometry.rsa": "RSA"})
+    return Table("mps_ablation", f"MPS-Tuning ablations at K = {K}: the loss components (MAR = the Gram terms, HMS = "
+                 f"sculpting) and the two Gram terms, each at the full method's learning rate; accuracy (%), RSA to the "
+                 f"pre-trained model; mean ± std over {_seeds(A)}.", md, num)
 
 def table_promptot(ctx: _Context) -> Table:
     "Prompt-OT's base-to-novel table, with cross-task transfer and domain generalisation of the same prompts."
     D = _papers(ctx, "promptot")
-    md, num = _cols(D, {"variant": "method", "base_acc": "base", "novel_acc": "novel", "hm": "HM",
-                        "zs_avg": "cross-task (ZS avg)", "ood_avg": "domain gen. (OOD avg)", "trainable_params": "trainable params"})
-    if "trainable params" in md: md["trainable params"] = [_fmt(v, 0) for v in num["trainable_params"]]
+    md, num = _arm_table(D, {"variant": "method", "base_acc": "base", "novel_acc": "novel", "hm": "HM",
+                             "zs_avg": "cross-task (ZS avg)", "ood_avg": "domain gen. (OOD avg)"})
+    md.insert(1, "lr", _lr(D))
     return Table("promptot_base2novel", f"Prompt-OT's base-to-novel protocol: prompts trained on {int(D['shots'].dropna().iloc[0])} "
                  f"shots of the base classes (the first half); accuracy (%) on base and novel test images with a head of "
                  f"their own classes and the harmonic mean; the same prompts on the zero-shot tasks and the OOD styles; "
-                 f"'no ot' is Prompt-OT with the OT weight at 0; 'pre-trained' is the zero-shot model; seed {int(D['seed'].iloc[0])}.", md, num)
+                 f"'no ot' is Prompt-OT with the OT weight at 0; 'pre-trained' is the zero-shot model; mean ± std over "
+                 f"{_seeds(D)}; lr selected on base-class validation images (figure promptot_base2novel.png).", md, num)
 
 def table_csaligner(ctx: _Context) -> Table:
-    "CS-Aligner's setting: adapters on pairs, InfoNCE vs + CS, modality gap, unpaired data."
+    "CS-Aligner's setting: adapters on pairs, InfoNCE vs + CS, modality gap, unpaired data, several captions."
     D = _papers(ctx, "csaligner")
-    md, num = _cols(D, {"setting": "setting", "i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1", "i2t_r5": "i2t R@5",
-                        "t2i_r5": "t2i R@5", "geometry.modality_gap": "modality gap", "zs_avg": "ZS avg"})
+    md, num = _arm_table(D, {"setting": "setting", "pairs.i2t_r1": "i2t R@1", "pairs.t2i_r1": "t2i R@1",
+                             "geometry.modality_gap": "modality gap", "zs_avg": "ZS avg"})
+    md.insert(1, "lr", _lr(D))
     return Table("csaligner", f"CS-Aligner's setting: residual adapters on the frozen encoders trained on image-caption "
-                 f"pairs; retrieval (%) on held-out captions and the modality gap (distance between the image and text "
-                 f"centroids) of the probe set; the last three rows are the unpaired-data experiment; seed "
-                 f"{int(D['seed'].iloc[0])}.", md, num)
+                 f"pairs; R@1 (%) on the experiment's test pairs and the modality gap (distance between the image and text "
+                 f"centroids) of the probe set; then the unpaired-data and several-captions runs at the rate selected for "
+                 f"InfoNCE + CS; mean ± std over {_seeds(D)} (figure csaligner_pairs.png).", md, num)
+
+def table_papers_selection(ctx: _Context) -> Table:
+    "What each paper experiment's selection saw: the validation score of every selected arm at every learning rate."
+    parts = []
+    for exp in ("m2mix", "mps", "promptot", "csaligner"):
+        try: S = _papers(ctx, exp, "selection")
+        except _Skip: continue
+        piv = S.pivot_table(index="arm", columns="lr", values="val", sort=False)
+        piv = piv[sorted(piv.columns)]
+        best = piv.idxmax(axis=1)
+        parts.append(pd.DataFrame({"experiment": exp, "arm": piv.index, "validation": "R@1 (%)" if exp in ("m2mix", "csaligner") else "accuracy (%)",
+                                   **{_fmt_value(lr): [_fmt(v) + (" ✓" if best[a] == lr else "") for a, v in piv[lr].items()] for lr in piv.columns}}))
+    if not parts: raise _Skip("no selection rows in papers/*.json")
+    md = pd.concat(parts, ignore_index=True).fillna("")
+    return Table("papers_selection", "The other papers' experiments: validation score of each selected arm at each learning rate "
+                 "(first seed; ✓ = selected, the highest, ties to the smaller rate); ablation and data arms inherit their parent's rate.", md, md)
+
+def _bars(ax, labels: list[str], groups: dict, colours: list, ylabel: str):
+    "Grouped bars: groups maps a legend label to (means, stds) over `labels`."
+    w = 0.8 / max(1, len(groups))
+    x = np.arange(len(labels))
+    for i, ((lab, (m, s)), c) in enumerate(zip(groups.items(), colours)):
+        ax.bar(x + (i - (len(groups) - 1) / 2) * w, m, w, yerr=np.nan_to_num(s), capsize=2, color=c, label=lab)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7); ax.set_ylabel(ylabel)
 
 def figure_mps_fewshot(ctx: _Context):
-    "ID accuracy vs K shots per method (log-2 axis)."
+    "ID accuracy vs K shots per method (log-2 axis), mean ± std over seeds."
     D = _papers(ctx, "mps")
     D = D[D["variant"] == "main"]
     with _style():
         fig, (ax,) = _figure(width=3.8, height=2.8)
         for m in [m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])]:
-            d = D[D["method"] == m].sort_values("shots")
-            ax.plot(d["shots"], d["id_acc"], "o-", ms=3, color=method_colour(m), label=m)
-        ax.set_xscale("log", base=2); ax.set_xlabel("shots per class (K)"); ax.set_ylabel("ID (%)")
-        ax.set_title("Few-shot ID accuracy"); ax.legend(fontsize=7)
+            g = D[D["method"] == m].groupby("shots")["id_acc"].agg(["mean", "std"])
+            ax.errorbar(g.index, g["mean"], yerr=np.nan_to_num(g["std"]), fmt="o-", ms=3, capsize=2, color=method_colour(m), label=m)
+        ax.set_xscale("log", base=2); ax.set_xlabel("shots per class (K)"); ax.set_ylabel("ID accuracy (%)")
+        ax.set_title(f"Few-shot ID accuracy ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
+    return fig
+
+def figure_promptot(ctx: _Context):
+    "Base, novel and harmonic-mean accuracy of each Prompt-OT arm, mean ± std over seeds."
+    S = _arm_stats(_papers(ctx, "promptot"), ["base_acc", "novel_acc", "hm"])
+    with _style():
+        fig, (ax,) = _figure(width=4.2, height=2.8)
+        _bars(ax, list(S["variant"]), {k: (S[c], S[f"{c}.std"]) for k, c in (("base", "base_acc"), ("novel", "novel_acc"), ("HM", "hm"))},
+              _palette(3), "accuracy (%)")
+        ax.set_title(f"Base-to-novel ({_seeds(_papers(ctx, 'promptot'))})", fontsize=8); ax.legend(fontsize=7)
+    return fig
+
+def figure_csaligner_pairs(ctx: _Context):
+    "R@1 both ways of each CS-Aligner arm (InfoNCE vs + CS, unpaired data, several captions), mean ± std over seeds."
+    D = _papers(ctx, "csaligner")
+    S = _arm_stats(D, ["pairs.i2t_r1", "pairs.t2i_r1"])
+    with _style():
+        fig, (ax,) = _figure(width=5.0, height=3.0)
+        _bars(ax, list(S["setting"]), {f"{d} R@1": (S[f"pairs.{d}_r1"], S[f"pairs.{d}_r1.std"]) for d in ("i2t", "t2i")},
+              _palette(2), "R@1 on test pairs (%)")
+        ax.set_title(f"CS-Aligner: alignment, unpaired data, several captions ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
+    return fig
+
+def figure_m2mix_reliability(ctx: _Context):
+    "Reliability diagram of the zero-shot ID head: accuracy against confidence per bin, mean ± std over seeds."
+    D = _papers(ctx, "m2mix")
+    if "reliability" not in D: raise _Skip("papers/m2mix.json has no reliability bins")
+    with _style():
+        fig, (ax,) = _figure(width=3.6, height=3.2)
+        ax.plot([0, 1], [0, 100], ls="--", color="0.6", lw=0.8, label="calibrated")
+        for arm in D["arm"].unique():
+            R = D[D["arm"] == arm]
+            conf = np.nanmean([r["conf"] for r in R["reliability"]], 0)
+            acc = np.array([r["acc"] for r in R["reliability"]], float) * 100
+            m = np.isfinite(conf) & np.isfinite(acc).all(0)
+            m_ = str(R["method"].iloc[0]) if "method" in R else arm
+            ax.errorbar(conf[m], np.nanmean(acc, 0)[m], yerr=np.nanstd(acc, 0, ddof=1)[m] if len(R) > 1 else None, fmt="o-", ms=3,
+                        capsize=2, color=method_colour(m_) if m_ != "zeroshot" else "0.3", label=f"{arm} (ECE {R['ece'].mean():.1f}%)")
+        ax.set_xlabel("confidence (max softmax probability)"); ax.set_ylabel("accuracy in the bin (%)")
+        ax.set_title(f"m²-mix: calibration of the zero-shot ID head ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
 def figure_csaligner_gap(ctx: _Context, n_lines: int = 30):
-    "Probe image and text embeddings before and after the adapters, on each model's own gap axis."
+    "Probe image and text embeddings before and after the adapters (first seed), on each model's own gap axis."
     D = _papers(ctx, "csaligner")
     if ctx.preds_dir is None: raise _Skip("no preds_dir")
+    s0 = int(D["seed"].min())
     panels = {}
-    for name, title in (("pretrained", "pre-trained"), ("nce", "InfoNCE"), ("nce_cs", "InfoNCE + CS")):
-        p = ctx.preds_dir / "papers" / "csaligner" / f"{name}.preds.pt"
+    for arm, title in (("pretrained", "pre-trained"), ("nce", "InfoNCE"), ("nce_cs", "InfoNCE + CS")):
+        r = D[(D["arm"] == arm) & (D["seed"] == s0)]
+        if not len(r): raise _Skip(f"no {arm} run of seed {s0}")
+        p = ctx.preds_dir / "papers" / "csaligner" / f"{r['name'].iloc[0]}.preds.pt"
         if not p.exists(): raise _Skip(f"no {p}")
         e = torch.load(p, weights_only=True)
-        gap = D.loc[D["name"] == name, "geometry.modality_gap"]
-        panels[f"{title}: gap {float(gap.iloc[0]):.2f}" if len(gap) else title] = (e["probe_img"].numpy(), e["probe_txt"].numpy())
+        gap = D.loc[D["arm"] == arm, "geometry.modality_gap"]
+        panels[f"{title}: gap {gap.mean():.2f} ± {gap.std():.2f}" if len(gap) > 1 else title] = (e["probe_img"].numpy(), e["probe_txt"].numpy())
     # x: each model's text-to-image centroid direction, so the horizontal distance between the two centroids is the gap
     return _pair_panels(panels, _gap_basis, None, n_lines, centroids=True,
                         labels=("along the gap: text → image", "top orthogonal PC"))
 
-PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing")
+PAPER_TABLES = ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "papers_selection", "timing")
 TABLES.update({"m2mix_retrieval": table_m2mix, "mps_fewshot": table_mps_fewshot, "mps_ablation": table_mps_ablation,
-               "promptot_base2novel": table_promptot, "csaligner": table_csaligner})
-FIGURES.update({"mps_fewshot": figure_mps_fewshot, "csaligner_gap": figure_csaligner_gap})
-PAPER_FIGURES = ("mps_fewshot", "csaligner_gap")  # need metrics/<profile>/papers/ (PAPER_TABLES: theirs and the timing)
-
+               "promptot_base2novel": table_promptot, "csaligner": table_csaligner, "papers_selection": table_papers_selection})
+FIGURES.update({"mps_fewshot": figure_mps_fewshot, "promptot_base2novel": figure_promptot, "csaligner_pairs": figure_csaligner_pairs,
+                "m2mix_reliability": figure_m2mix_reliability, "csaligner_gap": figure_csaligner_gap})
+PAPER_FIGURES = ("mps_fewshot", "promptot_base2novel", "csaligner_pairs", "m2mix_reliability", "csaligner_gap")  # need metrics/<profile>/papers/
 
 # %% ../nbs/30_report.ipynb #e11bc359
 def _mean_curves(ctx: _Context) -> dict[str, dict]:

@@ -47,16 +47,19 @@ def test_dvc_pipeline_smoke(tmp_path):
     for t in ("main", "zeroshot", "geometry", "ablation", "alpha", "refsize", "wise", "lam", "cost", "significance", "unified"):
         assert (repo / f"tables/mini/{t}.md").read_text().startswith("**Table"), t
         assert (repo / f"tables/mini/{t}.csv").stat().st_size > 0, t
-    for t in ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "timing", "worlds"):
+    for t in ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "papers_selection", "timing", "worlds"):
         assert (repo / f"tables/mini/{t}.md").read_text().startswith("**Table"), t
     # the other world: its own world seed, the worlds' methods with one fine-tuning seed, in the worlds table
     w1 = sorted(p.name for p in (repo / "metrics/mini/worlds/world1").glob("*.json"))
     assert w1 == ["dive-0.json", "flyp-0.json", "ft-0.json", "zeroshot-0.json"], w1
     assert "world 1" in (repo / "tables/mini/worlds.md").read_text()
-    for exp in ("m2mix", "mps", "promptot", "csaligner"):
-        assert json.loads((repo / f"metrics/mini/papers/{exp}.json").read_text())["rows"], exp
+    for exp in ("m2mix", "mps", "promptot", "csaligner"):  # every arm on both smoke seeds, rates selected where the grid has two
+        rec = json.loads((repo / f"metrics/mini/papers/{exp}.json").read_text())
+        assert rec["rows"] and {r["seed"] for r in rec["rows"]} == {0, 1} and bool(rec["selection"]) == (exp == "m2mix"), exp
+    claims = (repo / "tables/mini/claims.csv").read_text()
+    assert all(f",{c}," in claims for c in ("M1", "P1", "O1", "S3")) and "out of scope" in claims
     for f in ("geometry_rsa", "wise_curves", "lam_sweep", "unified_id_vs_zs", "world", "diffvec", "embedding_geometry",
-              "mps_fewshot", "csaligner_gap"):
+              "mps_fewshot", "csaligner_gap", "csaligner_pairs", "promptot_base2novel", "m2mix_reliability"):
         assert (repo / f"figures/mini/{f}.png").read_bytes()[:4] == b"\x89PNG", f
     assert (repo / "executed/mini/04_finetune-dive.ipynb").exists()
     # readable DVC views: one short row per method in `dvc metrics show`, the figures in `dvc plots show`
