@@ -17,8 +17,8 @@ from .losses.cs import cs_divergence
 from .peft import install_adapters, install_mps, install_prompt_learner, vision_forward
 
 # %% auto #0
-__all__ = ['M2MIX_GRID', 'm2mix_epoch_weight', 'mps_precompute', 'prompt_precompute', 'few_shot_indices', 'few_shot_split',
-           'base_novel_split', 'subsample_classes', 'harmonic_mean']
+__all__ = ['M2MIX_GRID', 'm2mix_epoch_weight', 'mps_precompute', 'prompt_precompute', 'cs_term', 'few_shot_indices',
+           'few_shot_split', 'base_novel_split', 'subsample_classes', 'harmonic_mean']
 
 # %% ../nbs/25_other_methods.ipynb #4704a838
 def _memo(ctx: StepContext, key: str, fn):
@@ -219,6 +219,16 @@ def _csa_nce(ctx: StepContext) -> torch.Tensor:
     return clip_loss(img, txt, ctx.model.scale)
 
 
+def cs_term(
+    ctx: StepContext,  # the step (its method's `sigma` is read)
+    imgs: list,  # image-side embedding blocks, pooled by concatenation (paired and unpaired rows alike)
+    txts: list,  # text-side embedding blocks
+) -> torch.Tensor:  # 0-d: CS divergence of the pooled samples
+    "CS-Aligner's term: the CS divergence (nbs/03) between the pooled image and text samples, `sigma` from the method (None: median)."
+    sigma = _hp(ctx, "sigma", None)
+    return cs_divergence(torch.cat(imgs), torch.cat(txts), None if sigma is None else float(sigma))
+
+
 def _csa_cs(ctx: StepContext) -> torch.Tensor:
     ad = ctx.model.state["adapters"]
     img, txt = _csa_pair(ctx)  # the ID graph of `csa_nce` is gone after its backward: rebuild the (cheap) adapter part
@@ -227,8 +237,7 @@ def _csa_cs(ctx: StepContext) -> torch.Tensor:
         txts.append(ctx.gather(F.normalize(ad["text"](_csa_base(ctx, "text", ctx._need(ctx.ref_tokens, "ref_tokens"), "csa_ref_txt")), dim=-1)))
     if _hp(ctx, "ref_images", False):
         imgs.append(ctx.gather(F.normalize(ad["image"](_csa_base(ctx, "image", ctx._need(ctx.ref_images, "ref_images"), "csa_ref_img")), dim=-1)))
-    sigma = _hp(ctx, "sigma", None)
-    return cs_divergence(torch.cat(imgs), torch.cat(txts), None if sigma is None else float(sigma))
+    return cs_term(ctx, imgs, txts)
 
 
 TERMS["csa_nce"] = Term(_csa_nce, "id", "CS-Aligner's InfoNCE on ID images and class-prompt captions (adapted embeddings)")
@@ -240,8 +249,7 @@ def _csa_cs_ft(ctx: StepContext) -> torch.Tensor:
     imgs, txts = [ctx.id_img], [ctx.id_txt]  # the ID features FLYP's term computed in this step (same graph)
     if _hp(ctx, "ref_text", True): txts.append(ctx.ref_txt)
     if _hp(ctx, "ref_images", False): imgs.append(ctx.ref_img)
-    sigma = _hp(ctx, "sigma", None)
-    return cs_divergence(torch.cat(imgs), torch.cat(txts), None if sigma is None else float(sigma))
+    return cs_term(ctx, imgs, txts)
 
 
 TERMS["csa_cs_ft"] = Term(_csa_cs_ft, "both", "CS-Aligner's CS divergence on the fine-tuned encoders' ID batch + unpaired reference captions")

@@ -11,14 +11,13 @@ import torch.nn.functional as F
 from .data import Split
 from .methods import METHODS, TERMS, Method, Phase, StepContext, Term, get_method
 from .losses.contrastive import clip_loss
-from .losses.cs import cs_divergence
 from .geometry import alignment, uniformity
 from .models import create_model, prepare_images
 from .evaluate import evaluate, encode, text_head, accuracy, expected_calibration_error
 from .train import class_prompt_tokens
 from .experiment import (Context, finetune, resolve_run, provenance, map_in_workers, worker_context, _model_name,
                                 _rounded)
-from .other_methods import (_csa_pair, _hp, _replace, _setup_csa, _CSA_HP, few_shot_split, base_novel_split,
+from .other_methods import (_csa_pair, _hp, _replace, _setup_csa, _CSA_HP, cs_term, few_shot_split, base_novel_split,
                                    subsample_classes, harmonic_mean)
 from .methods import FineTuneModel
 
@@ -63,8 +62,7 @@ def _csa_cs_pairs(ctx: StepContext) -> torch.Tensor:
             pool = ctx.cache[key]
             rows = torch.randint(len(pool), (m,), generator=ctx.generator)
             out.append(F.normalize(adapter(pool[rows].to(dev)), dim=-1))
-    sigma = _hp(ctx, "sigma", None)
-    return cs_divergence(torch.cat(imgs), torch.cat(txts), None if sigma is None else float(sigma))
+    return cs_term(ctx, imgs, txts)
 
 
 TERMS["csa_nce_pairs"] = Term(_csa_nce_pairs, "ref", "CS-Aligner's InfoNCE on adapted reference pairs")
@@ -126,8 +124,7 @@ def _csa_cs_multi(ctx: StepContext) -> torch.Tensor:
     img, txt = _csa_pair(ctx, "ref")
     extra = ctx.cache["multi_txt"][ctx._need(ctx.ref_index, "ref_index").to(ctx.cache["multi_txt"].device)].flatten(0, 1)
     extra = F.normalize(ad["text"](extra.to(img.device)), dim=-1)
-    sigma = _hp(ctx, "sigma", None)
-    return cs_divergence(img, torch.cat([txt, extra]), None if sigma is None else float(sigma))
+    return cs_term(ctx, [img], [txt, extra])
 
 TERMS["csa_cs_multi"] = Term(_csa_cs_multi, "ref", "CS-Aligner's CS divergence on adapted images vs all their captions")
 _replace(Method("csaligner_multicap", "CS-Aligner with several captions per image: adapters on frozen encoders, InfoNCE on "

@@ -9,7 +9,7 @@ from scipy.spatial.distance import cdist, pdist
 from scipy.special import logsumexp
 
 from dive_nb.losses.contrastive import clip_loss
-from dive_nb.losses.cs import cs_aligner_loss, cs_divergence, gaussian_log_kernel_mean, median_bandwidth
+from dive_nb.losses.cs import cs_divergence, gaussian_log_kernel_mean, median_bandwidth
 
 SEEDS = list(range(8))
 
@@ -128,31 +128,24 @@ def test_gradcheck(seed):
     assert torch.autograd.gradcheck(lambda a, b: cs_divergence(a, b, 0.8), (a, b))
     assert torch.autograd.gradcheck(lambda a, b: gaussian_log_kernel_mean(a, b, 1.3), (a, b))
     extra = torch.randn(4, 3, generator=g, dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda a, b: cs_aligner_loss(F.normalize(a, dim=1), F.normalize(b[:5], dim=1), 3.0, lam=0.7, sigma=0.6,
-                                     extra_txt=F.normalize(extra, dim=1))["loss"], (a, b))
+    assert torch.autograd.gradcheck(  # CS-Aligner's objective: InfoNCE + lam * CS of the pooled samples
+        lambda a, b: clip_loss(F.normalize(a, dim=1), F.normalize(b[:5], dim=1), 3.0)
+        + 0.7 * cs_divergence(F.normalize(a, dim=1), torch.cat([F.normalize(b[:5], dim=1), F.normalize(extra, dim=1)]), 0.6), (a, b))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_cs_aligner_composition(seed):
+def test_cs_of_pooled_samples(seed):
+    "CS-Aligner's unpaired samples join the CS term as appended rows; the default bandwidth is the pooled median."
     g = torch.Generator().manual_seed(seed)
     B, d = 2 + seed, 6
     unit = lambda n: F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
     img, txt, ei, et = unit(B), unit(B), unit(seed + 1), unit(2 * seed + 3)
-    lam, s = 0.25 * seed, 0.5 + 0.1 * seed
-    out = cs_aligner_loss(img, txt, 5.0, lam=lam, sigma=s, extra_img=ei, extra_txt=et)
-    assert set(out) == {"clip", "cs", "loss"}
-    torch.testing.assert_close(out["clip"], clip_loss(img, txt, 5.0))
-    assert out["cs"].item() == pytest.approx(
-        _np_cs(torch.cat([img, ei]).numpy(), torch.cat([txt, et]).numpy(), s), rel=1e-10, abs=1e-12)
-    torch.testing.assert_close(out["loss"], out["clip"] + lam * out["cs"])
-    plain = cs_aligner_loss(img, txt, 5.0, lam=lam, sigma=s)
-    torch.testing.assert_close(plain["clip"], out["clip"])
-    torch.testing.assert_close(plain["cs"], cs_divergence(img, txt, s))
-    # default bandwidth: the median over the pooled CS samples (extras included)
-    dflt = cs_aligner_loss(img, txt, 5.0, extra_img=ei)
+    s = 0.5 + 0.1 * seed
+    got = cs_divergence(torch.cat([img, ei]), torch.cat([txt, et]), s)
+    assert got.item() == pytest.approx(_np_cs(torch.cat([img, ei]).numpy(), torch.cat([txt, et]).numpy(), s), rel=1e-10, abs=1e-12)
     med = np.median(pdist(torch.cat([img, ei, txt]).numpy()))
-    assert dflt["cs"].item() == pytest.approx(_np_cs(torch.cat([img, ei]).numpy(), txt.numpy(), med), rel=1e-9, abs=1e-12)
+    assert cs_divergence(torch.cat([img, ei]), txt).item() == pytest.approx(
+        _np_cs(torch.cat([img, ei]).numpy(), txt.numpy(), med), rel=1e-9, abs=1e-12)
 
 
 def test_errors():
@@ -170,11 +163,3 @@ def test_errors():
         cs_divergence(x, torch.randn(0, 3))
     with pytest.raises(ValueError, match="scale"):
         median_bandwidth(x, y, scale=-1.0)
-    with pytest.raises(ValueError, match="txt"):
-        cs_aligner_loss(x, y, 1.0)
-    with pytest.raises(ValueError, match="extra_img"):
-        cs_aligner_loss(x, x, 1.0, extra_img=torch.randn(2, 4))
-    with pytest.raises(ValueError, match="extra_txt"):
-        cs_aligner_loss(x, x, 1.0, extra_txt=torch.randn(2, 4))
-    with pytest.raises(ValueError, match="lam"):
-        cs_aligner_loss(x, x, 1.0, lam=-0.1)

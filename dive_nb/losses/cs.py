@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import check_2d, check_same_shape
-from .contrastive import clip_loss
 
 # %% auto #0
-__all__ = ['gaussian_log_kernel_mean', 'median_bandwidth', 'cs_divergence', 'cs_aligner_loss']
+__all__ = ['gaussian_log_kernel_mean', 'median_bandwidth', 'cs_divergence']
 
 # %% ../../nbs/03_cs_divergence.ipynb #b4612936
 def _check_dims(x, y, names=("x", "y")):
@@ -86,29 +85,3 @@ def cs_divergence(
     s = median_bandwidth(x, y, median_scale) if sigma is None else _check_sigma(sigma)
     return (_log_kernel_mean(x, x, s, same=True) + _log_kernel_mean(y, y, s, same=True)
             - 2 * _log_kernel_mean(x, y, s, same=False))
-
-# %% ../../nbs/03_cs_divergence.ipynb #9ce188e7
-def cs_aligner_loss(
-    img: torch.Tensor,  # (B, d) L2-normalised image embeddings, paired row by row with `txt`
-    txt: torch.Tensor,  # (B, d) L2-normalised text embeddings
-    logit_scale: torch.Tensor | float,  # exponentiated CLIP logit scale 1/T, passed to `clip_loss`
-    lam: float = 1.0,  # weight lambda of the CS term, >= 0
-    sigma: float | torch.Tensor | None = None,  # CS bandwidth; None: median heuristic on the pooled CS samples
-    extra_img: torch.Tensor | None = None,  # (M', d) unpaired L2-normalised image embeddings, CS term only
-    extra_txt: torch.Tensor | None = None,  # (N', d) unpaired L2-normalised text embeddings, CS term only
-) -> dict:  # {"clip": InfoNCE term, "cs": D_CS term, "loss": clip + lam * cs}
-    "CS-Aligner objective: CLIP InfoNCE on the pairs plus lam * CS divergence of the image and text distributions."
-    check_2d(img, "img"); check_2d(txt, "txt")
-    check_same_shape(img, txt, ("img", "txt"))
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"`lam` must be a finite number >= 0; got {lam!r}")
-    img_all, txt_all = img, txt
-    if extra_img is not None:
-        _check_dims(img, extra_img, ("img", "extra_img"))
-        img_all = torch.cat([img, extra_img])
-    if extra_txt is not None:
-        _check_dims(txt, extra_txt, ("txt", "extra_txt"))
-        txt_all = torch.cat([txt, extra_txt])
-    clip = clip_loss(img, txt, logit_scale)
-    cs = cs_divergence(img_all, txt_all, sigma)
-    return {"clip": clip, "cs": cs, "loss": clip + lam * cs}
