@@ -75,8 +75,8 @@ def _one(a) -> dict:
     if a.threads: torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     if a.params:  # the pipeline's model (registers its tiny config)
-        from dive_nb.experiment import load_params, _model_name
-        a.model = _model_name(load_params(a.params))
+        from dive_nb.experiment import load_params, model_name_of
+        a.model = model_name_of(load_params(a.params))
     from dive_nb.models import TINY_MODELS
     from dive_nb.miniworld import vocabulary
     clip, _, tok = create_model(a.model, device=a.device, vocab=vocabulary() if a.model in TINY_MODELS else None)
@@ -141,8 +141,8 @@ def main(argv=None) -> int:
         print(json.dumps(_one(a)))
         return 0
     if a.params:  # the parameter file's model (its variant applied; registers a tiny config)
-        from dive_nb.experiment import load_params, _model_name
-        a.model = _model_name(load_params(a.params))
+        from dive_nb.experiment import load_params, model_name_of
+        a.model = model_name_of(load_params(a.params))
     if a.device == "cpu" and (a.image_size > 64 or not a.model.startswith("dive-tiny")):
         print(f"warning: {a.model} at {a.image_size}px on a CPU is slow (minutes per method per round); "
               f"keep --batch and --steps small", file=sys.stderr)

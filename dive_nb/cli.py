@@ -110,9 +110,9 @@ def _check_weights(params, pretrained) -> None:
     if Path(str(pretrained)).is_file(): return
     if _is_path(pretrained):
         raise CLIError(f"model.pretrained = {pretrained}: no such file (give an open_clip tag such as openai, or a checkpoint path)")
-    from dive_nb.experiment import _model_name
+    from dive_nb.experiment import model_name_of
     from dive_nb import models as M
-    name = _model_name(params)
+    name = model_name_of(params)
     if name in M.TINY_MODELS:
         raise CLIError(f"model.pretrained = {pretrained}: {name} is a tiny model without downloadable weights (give a checkpoint path)")
     import open_clip
@@ -240,20 +240,20 @@ def cmd_evaluate(args) -> int:
     elif not Path(P["world"]).is_dir(): raise CLIError(f"data root {P['world']} not found: set data.root in {args.params}")
     out = Path(args.out) if args.out else P["metrics"] / "checkpoints" / f"{Path(str(args.pretrained)).name or args.pretrained}.json"
     _writable(out.parent)
-    from dive_nb.experiment import load_suite, _model_name, _image_size, _rounded
+    from dive_nb.experiment import load_suite, model_name_of, image_size_of, rounded
     from dive_nb.evaluate import evaluate, provenance
     from dive_nb.methods import FineTuneModel
     from dive_nb.models import prepare_images, zeroshot_classifier
-    name = args.model or _model_name(params)
+    name = args.model or model_name_of(params)
     vocab = None
     if args.vocab: vocab = json.loads(Path(args.vocab).read_text())
     clip, tok, what = _open_checkpoint(name, args.pretrained, vocab)
-    suite = load_suite(params, P["world"], tok, image_size=_image_size(clip))
+    suite = load_suite(params, P["world"], tok, image_size=image_size_of(clip))
     t = suite.id_task
     model = FineTuneModel(clip, zeroshot_classifier(clip, tok, t.classnames, t.templates).cpu())
     t0 = time.time()
     m, _ = evaluate(model, suite, tok, prepare_images, classifier="text")
-    rec = _rounded({**m, "method": "checkpoint", "model": name, "pretrained": what, "seconds": time.time() - t0, **provenance()})
+    rec = rounded({**m, "method": "checkpoint", "model": name, "pretrained": what, "seconds": time.time() - t0, **provenance()})
     out.write_text(json.dumps(rec, indent=1))
     print(f"{name} ({what}): ID {m['id_acc']:.1f} OOD {m['ood_acc']['avg']:.1f} ZS {m['zs_acc']['avg']:.1f} -> {out}")
     return 0
@@ -265,9 +265,9 @@ def cmd_export(args) -> int:
     if not (run / "model.pt").is_file(): raise CLIError(f"--run {run}: no model.pt there (a finished run's folder, e.g. artifacts/mini/runs/dive/dive-0)")
     out = Path(args.out) if args.out else run / "open_clip"
     _writable(out)
-    from dive_nb.experiment import _model_name
+    from dive_nb.experiment import model_name_of
     from dive_nb.export import export_run
-    info = export_run(run, out, args.model or _model_name(params))
+    info = export_run(run, out, args.model or model_name_of(params))
     print(f"exported {run} -> {out} (merged: {str(info['merged']).lower()}; load: {info['load']})")
     return 0
 

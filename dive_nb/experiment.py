@@ -17,10 +17,10 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
                             count_parameters, zeroshot_classifier, model_fingerprint, StaleTeacherCache)
 
 # %% auto #0
-__all__ = ['WORLD_METHODS', 'resolve_run', 'stage_world', 'load_suite', 'stage_pretrain', 'stage_teacher', 'profile_paths',
-           'resolve_device', 'Context', 'wise_curve', 'finetune', 'evaluate_run', 'run', 'worker_context',
-           'map_in_workers', 'finetune_many', 'sweep_runs', 'run_sweep', 'prepare_world', 'train_and_record',
-           'run_world', 'main']
+__all__ = ['WORLD_METHODS', 'resolve_run', 'stage_world', 'model_name_of', 'load_suite', 'image_size_of', 'stage_pretrain',
+           'stage_teacher', 'profile_paths', 'resolve_device', 'Context', 'rounded', 'wise_curve', 'finetune',
+           'evaluate_run', 'run', 'worker_context', 'map_in_workers', 'finetune_many', 'sweep_runs', 'run_sweep',
+           'prepare_world', 'train_and_record', 'run_world', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 from .config import load_params, apply_variant, ParamsError  # one reader and validator (nbs/28_config.ipynb)
@@ -55,16 +55,16 @@ def stage_world(params: dict, out: str | Path) -> Path:
     print(f"world: {out} in {time.time() - t0:.1f}s")
     return Path(out)
 
-def _model_name(params) -> str:
+def model_name_of(params) -> str:
     "The model name of a profile; a tiny config spelled out in `model.tiny` / `model.stem` is registered first."
     m = params.get("model") or {}
     name = m.get("name", "dive-tiny-vit")
     if "tiny" in m:  # e.g. {width: 64, layers: 3} + stem {channels: [16, 32, 64], depth: 2, ...}
-        from dive_nb.models import register_tiny_model, _tiny_cfg
+        from dive_nb.models import register_tiny_model, tiny_config
         stem = dict(m["stem"]) if m.get("stem") else None
         if stem and "channels" in stem: stem["channels"] = tuple(stem["channels"])
         t = dict(m["tiny"]); ctx = t.pop("context_length", None)
-        cfg = _tiny_cfg(**t)
+        cfg = tiny_config(**t)
         if ctx: cfg["text_cfg"]["context_length"] = int(ctx)  # long captions must not be truncated
         register_tiny_model(name, cfg, stem, "configured in the parameter file")
     return name
@@ -86,7 +86,7 @@ def load_suite(
     if reference_size is not None: suite.reference = suite.reference.head(int(reference_size))
     return suite
 
-def _image_size(clip) -> int:
+def image_size_of(clip) -> int:
     s = getattr(getattr(clip, "visual", None), "image_size", 224)
     return int(s[0] if isinstance(s, (tuple, list)) else s)
 
@@ -102,7 +102,7 @@ def stage_pretrain(params: dict, world: str | Path, out: str | Path) -> Path:
     pp.setdefault("ref_batch_size", pp.get("batch_size", 256))  # pretraining draws its pairs as the "reference" batch
     cfg = TrainConfig(**{k: v for k, v in pp.items() if k in _TRAIN_KEYS})
     torch.manual_seed(cfg.seed)
-    clip, _, tok = create_model(_model_name(params), vocab=mw.vocabulary())
+    clip, _, tok = create_model(model_name_of(params), vocab=mw.vocabulary())
     pairs = mw.split_tensors(mw.load_world(world)["pretrain"])
     ref = Split(pairs["images"], {}, pairs["captions"], tok(pairs["captions"]))
     dummy = Split(pairs["images"][:1], {"shape": torch.zeros(1, dtype=torch.long)})
@@ -115,15 +115,15 @@ def stage_pretrain(params: dict, world: str | Path, out: str | Path) -> Path:
     # how good is the pre-trained model? (zero-shot on every task; the teacher stage is not needed for this)
     suite = load_suite(params, world, tok)
     m, _ = evaluate(model, suite, tok, prepare_images, classifier="text")
-    (out / "zeroshot.json").write_text(json.dumps(_rounded({**m, "steps": res["steps"], "sec_per_step": res["sec_per_step"],
+    (out / "zeroshot.json").write_text(json.dumps(rounded({**m, "steps": res["steps"], "sec_per_step": res["sec_per_step"],
                                                             **provenance()}), indent=1))
     print(f"pretrained zero-shot: ID {m['id_acc']:.1f}, OOD {m['ood_acc']}, ZS {m['zs_acc']}")
     return out / "model.pt"
 
 def stage_teacher(params: dict, world: str | Path, pretrained: str | Path, out: str | Path) -> Path:
     "Cache the frozen pre-trained model's embeddings of the reference pairs, class prompts and probe set."
-    clip, _, tok = create_model(_model_name(params), pretrained=str(pretrained), device=resolve_device(params.get("device", "cpu")))
-    suite = load_suite(params, world, tok, image_size=_image_size(clip))
+    clip, _, tok = create_model(model_name_of(params), pretrained=str(pretrained), device=resolve_device(params.get("device", "cpu")))
+    suite = load_suite(params, world, tok, image_size=image_size_of(clip))
     tasks = {suite.id_task.name: suite.id_task, **suite.zs_tasks}
     ref = suite.reference
     if isinstance(ref.images, torch.Tensor):
@@ -135,7 +135,7 @@ def stage_teacher(params: dict, world: str | Path, pretrained: str | Path, out: 
                          text_emb=encode(m0.encode_text, _tokens(ref.tokens)).half(), class_emb=cls,
                          classnames={n: list(k.classnames) for n, k in tasks.items()}, fingerprint=model_fingerprint(clip),
                          data_fingerprint=ref.fingerprint(), logit_scale=float(clip.logit_scale.detach().exp()),
-                         meta={"model_name": _model_name(params), "n_ref": len(ref)})
+                         meta={"model_name": model_name_of(params), "n_ref": len(ref)})
     t.meta["ref_fingerprint"] = ref.fingerprint()  # Context checks the world's reference pairs against it
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     t.save(out / "teacher.pt")
@@ -177,8 +177,8 @@ class Context:
     def __init__(self, params: dict, world, pretrained, teacher_dir, reference_size: int | None = None):
         self.params, self.pretrained, self.teacher_dir = params, str(pretrained), Path(teacher_dir)
         self.device = resolve_device(params.get("device", "cpu"))
-        clip, _, self.tok = create_model(_model_name(params), pretrained=self.pretrained)
-        self.suite = load_suite(params, world, self.tok, reference_size, image_size=_image_size(clip))
+        clip, _, self.tok = create_model(model_name_of(params), pretrained=self.pretrained)
+        self.suite = load_suite(params, world, self.tok, reference_size, image_size=image_size_of(clip))
         self.teacher = TeacherCache.load(self.teacher_dir / "teacher.pt", model=clip)
         ref_fp = self.suite.reference.fingerprint()
         if reference_size is None:  # (a reference-size sweep trains on a prefix of the pairs the cache was checked on)
@@ -198,7 +198,7 @@ class Context:
 
     def model(self) -> FineTuneModel:
         "A fresh copy of the pre-trained model with the zero-shot ID head."
-        clip, _, _ = create_model(_model_name(self.params), pretrained=self.pretrained)
+        clip, _, _ = create_model(model_name_of(self.params), pretrained=self.pretrained)
         return FineTuneModel(clip, self.teacher.class_emb[self.suite.id_task.name].clone()).to(self.device)
 
 def _record(ctx: Context, method, seed, cfg, model, classifier, extra=None) -> tuple[dict, dict]:
@@ -206,15 +206,15 @@ def _record(ctx: Context, method, seed, cfg, model, classifier, extra=None) -> t
     rec = {"method": method.name, "seed": int(seed), **m,
            "trainable_params": int(sum(p.numel() for ph in method.phases for n in set(ph.train) for p in model.parts(n))),
            "config": {"hparams": method.hparams, "train": asdict(cfg) if cfg else None,
-                      "profile": ctx.params.get("profile", "mini"), "model": _model_name(ctx.params)},
+                      "profile": ctx.params.get("profile", "mini"), "model": model_name_of(ctx.params)},
            **provenance(), **(extra or {})}
     return rec, per
 
-def _rounded(x, nd: int = 4):
+def rounded(x, nd: int = 4):
     "Metric floats rounded for readable records (accuracies in percent keep 4 decimals); a `config` is kept exact."
     if isinstance(x, float): return round(x, nd)
-    if isinstance(x, dict): return {k: v if k == "config" else _rounded(v, nd) for k, v in x.items()}
-    if isinstance(x, list): return [_rounded(v, nd) for v in x]
+    if isinstance(x, dict): return {k: v if k == "config" else rounded(v, nd) for k, v in x.items()}
+    if isinstance(x, list): return [rounded(v, nd) for v in x]
     return x
 
 def wise_curve(
@@ -300,7 +300,7 @@ def evaluate_run(
     rec, per = _record(ctx, meth, seed, cfg, model, meth.classifier, extra)
     if metrics_path is not None:
         p = Path(metrics_path); p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(_rounded(rec), indent=1))
+        p.write_text(json.dumps(rounded(rec), indent=1))
     if preds_path is not None or metrics_path is not None:
         q = Path(preds_path) if preds_path is not None else Path(metrics_path).with_suffix(".preds.pt")
         q.parent.mkdir(parents=True, exist_ok=True)

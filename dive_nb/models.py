@@ -191,7 +191,6 @@ def tiny_config(
         cfg["init_logit_scale"] = float(init_logit_scale)
     return cfg
 
-_tiny_cfg = tiny_config  # old name, kept for callers
 
 
 TINY_MODELS: dict[str, dict] = {

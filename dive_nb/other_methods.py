@@ -17,8 +17,9 @@ from .losses.cs import cs_divergence
 from .peft import install_adapters, install_mps, install_prompt_learner, vision_forward
 
 # %% auto #0
-__all__ = ['M2MIX_GRID', 'm2mix_epoch_weight', 'mps_precompute', 'prompt_precompute', 'cs_term', 'few_shot_indices',
-           'few_shot_split', 'base_novel_split', 'subsample_classes', 'harmonic_mean']
+__all__ = ['M2MIX_GRID', 'CSA_HPARAMS', 'hparam', 'replace_method', 'm2mix_epoch_weight', 'mps_precompute', 'prompt_precompute',
+           'csa_pair', 'cs_term', 'setup_adapters', 'few_shot_indices', 'few_shot_split', 'base_novel_split',
+           'subsample_classes', 'harmonic_mean']
 
 # %% ../nbs/25_other_methods.ipynb #4704a838
 def _memo(ctx: StepContext, key: str, fn):
@@ -38,12 +39,12 @@ def _rows(ctx: StepContext, key: str) -> torch.Tensor:
     return c[ctx.id_index.to(c.device)].to(ctx.model.head.weight.device)
 
 
-def _hp(ctx: StepContext, key: str, default):
+def hparam(ctx: StepContext, key: str, default):
     "A hyperparameter of the running method, or the term's default when the method does not set it."
     return ctx.hp.get(key, default) if ctx.hp is not None else default
 
 
-def _replace(m: Method) -> Method:
+def replace_method(m: Method) -> Method:
     "Register `m`, replacing an earlier registration of the same method (re-running this notebook)."
     old = METHODS.get(m.name)
     if old is not None and old.description == m.description: del METHODS[m.name]
@@ -86,14 +87,14 @@ def _pair(ctx: StepContext, batch: str) -> tuple:
 
 def _clip_fixed(ctx: StepContext, batch: str = "id") -> torch.Tensor:
     img, txt = _pair(ctx, batch)
-    return clip_loss(img, txt, float(_hp(ctx, "inv_tau", 100.0)))
+    return clip_loss(img, txt, float(hparam(ctx, "inv_tau", 100.0)))
 
 
 def _m2mix(ctx: StepContext, batch: str = "id") -> torch.Tensor:
     img, txt = _pair(ctx, batch)
-    lam = sample_mix_lambda(float(_hp(ctx, "beta", 0.5)), ctx.generator)
-    w = m2mix_epoch_weight(ctx.step, ctx.total_steps, int(_hp(ctx, "epochs", 9)), bool(_hp(ctx, "schedule", True)))
-    return w * m2mix_loss(img, txt, lam, float(_hp(ctx, "tau2", 0.07)))
+    lam = sample_mix_lambda(float(hparam(ctx, "beta", 0.5)), ctx.generator)
+    w = m2mix_epoch_weight(ctx.step, ctx.total_steps, int(hparam(ctx, "epochs", 9)), bool(hparam(ctx, "schedule", True)))
+    return w * m2mix_loss(img, txt, lam, float(hparam(ctx, "tau2", 0.07)))
 
 
 TERMS["clip_fixed"] = Term(_clip_fixed, "id", "CLIP loss on ID images and class-prompt captions at a fixed 1/tau (m2-mix: 100)")
@@ -115,7 +116,7 @@ def mps_precompute(
 def _mps_out(ctx: StepContext) -> dict:
     "Fine-tuned branch on the ID batch (+ frozen features from the cache, or live when cache_frozen is False)."
     def run():
-        live = not _hp(ctx, "cache_frozen", True) or "mps_zs" not in ctx.cache
+        live = not hparam(ctx, "cache_frozen", True) or "mps_zs" not in ctx.cache
         o = ctx.model.state["mps"](ctx.model.clip.visual, ctx._need(ctx.id_images, "id_images"), frozen=live, tokens=True)
         g = ctx.gather  # this process's images -> the global batch (identity in one process)
         zs = F.normalize(g(o["zs"].detach()), dim=-1) if live else _rows(ctx, "mps_zs")
@@ -131,13 +132,13 @@ def _mps_ce(ctx: StepContext) -> torch.Tensor:
 
 
 def _mps_gram(ctx: StepContext) -> torch.Tensor:
-    o, p = _mps_out(ctx), float(_hp(ctx, "gram_p", 1))
-    return (float(_hp(ctx, "gram_global", 1.0)) * gram_alignment_loss(o["ft"], o["zs"], p)
-            + float(_hp(ctx, "gram_local", 1.0)) * gram_alignment_loss(o["ft_tokens"], o["zs_tokens"], p))
+    o, p = _mps_out(ctx), float(hparam(ctx, "gram_p", 1))
+    return (float(hparam(ctx, "gram_global", 1.0)) * gram_alignment_loss(o["ft"], o["zs"], p)
+            + float(hparam(ctx, "gram_local", 1.0)) * gram_alignment_loss(o["ft_tokens"], o["zs_tokens"], p))
 
 
 def _mps_sculpt(ctx: StepContext) -> torch.Tensor:
-    tau = cosine_annealed_tau(ctx.step, ctx.total_steps, float(_hp(ctx, "tau_start", 0.1)), float(_hp(ctx, "tau_end", 0.05)))
+    tau = cosine_annealed_tau(ctx.step, ctx.total_steps, float(hparam(ctx, "tau_start", 0.1)), float(hparam(ctx, "tau_end", 0.05)))
     return sculpt_loss(_mps_out(ctx)["ft"], ctx.id_labels, ctx.model.head.weight.detach(), tau)
 
 
@@ -184,7 +185,7 @@ def _prompt_ot(ctx: StepContext) -> torch.Tensor:
     o, y = _prompt_out(ctx), ctx.id_labels
     z = torch.cat([o["img"], o["head"][y]], dim=1)
     z0 = torch.cat([_rows(ctx, "frozen_img"), ctx.model.head.weight[y]], dim=1).detach()
-    return prompt_ot_loss(z, z0.to(z.dtype), eps=float(_hp(ctx, "eps", 0.0)), eta=float(_hp(ctx, "eta", 0.5)))
+    return prompt_ot_loss(z, z0.to(z.dtype), eps=float(hparam(ctx, "eps", 0.0)), eta=float(hparam(ctx, "eta", 0.5)))
 
 
 TERMS["prompt_ce"] = Term(_prompt_ce, "id", "cross-entropy with the prompted text head (class embeddings recomputed from the learned context)")
@@ -205,7 +206,7 @@ def _csa_base(ctx: StepContext, which: str, x: torch.Tensor, key: str) -> torch.
     return _memo(ctx, key, run)
 
 
-def _csa_pair(ctx: StepContext, batch: str = "id") -> tuple:
+def csa_pair(ctx: StepContext, batch: str = "id") -> tuple:
     "Adapted, normalised image and caption embeddings of the ID batch (class-prompt captions) or the reference pairs."
     ad = ctx.model.state["adapters"]
     x, t = ("id_images", "id_prompt_tokens") if batch == "id" else ("ref_images", "ref_tokens")
@@ -215,7 +216,7 @@ def _csa_pair(ctx: StepContext, batch: str = "id") -> tuple:
 
 
 def _csa_nce(ctx: StepContext) -> torch.Tensor:
-    img, txt = _csa_pair(ctx)
+    img, txt = csa_pair(ctx)
     return clip_loss(img, txt, ctx.model.scale)
 
 
@@ -225,17 +226,17 @@ def cs_term(
     txts: list,  # text-side embedding blocks
 ) -> torch.Tensor:  # 0-d: CS divergence of the pooled samples
     "CS-Aligner's term: the CS divergence (nbs/03) between the pooled image and text samples, `sigma` from the method (None: median)."
-    sigma = _hp(ctx, "sigma", None)
+    sigma = hparam(ctx, "sigma", None)
     return cs_divergence(torch.cat(imgs), torch.cat(txts), None if sigma is None else float(sigma))
 
 
 def _csa_cs(ctx: StepContext) -> torch.Tensor:
     ad = ctx.model.state["adapters"]
-    img, txt = _csa_pair(ctx)  # the ID graph of `csa_nce` is gone after its backward: rebuild the (cheap) adapter part
+    img, txt = csa_pair(ctx)  # the ID graph of `csa_nce` is gone after its backward: rebuild the (cheap) adapter part
     imgs, txts = [img], [txt]
-    if _hp(ctx, "ref_text", True):
+    if hparam(ctx, "ref_text", True):
         txts.append(ctx.gather(F.normalize(ad["text"](_csa_base(ctx, "text", ctx._need(ctx.ref_tokens, "ref_tokens"), "csa_ref_txt")), dim=-1)))
-    if _hp(ctx, "ref_images", False):
+    if hparam(ctx, "ref_images", False):
         imgs.append(ctx.gather(F.normalize(ad["image"](_csa_base(ctx, "image", ctx._need(ctx.ref_images, "ref_images"), "csa_ref_img")), dim=-1)))
     return cs_term(ctx, imgs, txts)
 
@@ -247,8 +248,8 @@ TERMS["csa_cs"] = Term(_csa_cs, "ref", "CS-Aligner's CS divergence: paired ID + 
 def _csa_cs_ft(ctx: StepContext) -> torch.Tensor:
     "CS divergence of the fine-tuned encoders' ID images vs ID class-prompt captions + unpaired reference captions (and images)."
     imgs, txts = [ctx.id_img], [ctx.id_txt]  # the ID features FLYP's term computed in this step (same graph)
-    if _hp(ctx, "ref_text", True): txts.append(ctx.ref_txt)
-    if _hp(ctx, "ref_images", False): imgs.append(ctx.ref_img)
+    if hparam(ctx, "ref_text", True): txts.append(ctx.ref_txt)
+    if hparam(ctx, "ref_images", False): imgs.append(ctx.ref_img)
     return cs_term(ctx, imgs, txts)
 
 
@@ -260,7 +261,7 @@ _MPS_HP = {"alpha": 0.3, "lam1": 0.5, "lam2": 0.1, "gram_global": 1.0, "gram_loc
            "tau_start": 0.1, "tau_end": 0.05, "n_early": None, "n_mid": None, "cache_frozen": True}
 _PROMPTOT_HP = {"lam": 10.0, "eps": 0.0, "eta": 0.5, "n_vision": 4, "depth": 12, "init_text": "a photo of a"}
 _COOP_HP = {"init_text": "a photo of a"}
-_CSA_HP = {"lam": 1.0, "hidden": None, "sigma": None, "ref_text": True, "ref_images": False}
+CSA_HPARAMS = {"lam": 1.0, "hidden": None, "sigma": None, "ref_text": True, "ref_images": False}
 
 
 def _setup_mps(model, method):
@@ -274,32 +275,32 @@ def _setup_promptot(model, method):
 def _setup_coop(model, method):
     install_prompt_learner(model, None, 0, 1, method.hparams.get("init_text", "a photo of a"))
 
-def _setup_csa(model, method):
+def setup_adapters(model, method):
     install_adapters(model, method.hparams.get("hidden"))
 
 
-_replace(Method("m2mix", "m2-mix: CLIP loss at 1/tau = 100 + w * geodesic multi-modal mixup term, both encoders",
+replace_method(Method("m2mix", "m2-mix: CLIP loss at 1/tau = 100 + w * geodesic multi-modal mixup term, both encoders",
                 (Phase(("visual", "text"), {"clip_fixed": 1.0, "m2mix": "w"}),), hparams=dict(_M2MIX_HP), paper="m²-mix", colour="#2ca02c"))
-_replace(Method("m2mix_pairs", "m2-mix on image-caption pairs (its retrieval setting): fixed-temperature CLIP loss + w * m2-mix term",
+replace_method(Method("m2mix_pairs", "m2-mix on image-caption pairs (its retrieval setting): fixed-temperature CLIP loss + w * m2-mix term",
                 (Phase(("visual", "text"), {"clip_fixed_pairs": 1.0, "m2mix_pairs": "w"}),), hparams=dict(_M2MIX_HP), paper="m²-mix"))
-_replace(Method("clip_pairs", "CLIP-loss fine-tuning on image-caption pairs at 1/tau = 100 (m2-mix's baseline)",
+replace_method(Method("clip_pairs", "CLIP-loss fine-tuning on image-caption pairs at 1/tau = 100 (m2-mix's baseline)",
                 (Phase(("visual", "text"), {"clip_fixed_pairs": 1.0}),), hparams={"inv_tau": 100.0}, paper="m²-mix (baseline)"))
-_replace(Method("mps", "MPS-Tuning: adapters + late-block copies of the image tower; CE on fused logits + lam1 Gram + lam2 sculpt",
+replace_method(Method("mps", "MPS-Tuning: adapters + late-block copies of the image tower; CE on fused logits + lam1 Gram + lam2 sculpt",
                 (Phase(("mps",), {"mps_ce": 1.0, "mps_gram": "lam1", "mps_sculpt": "lam2"}),), hparams=dict(_MPS_HP),
                 setup=_setup_mps, precompute=mps_precompute, paper="MPS-Tuning", colour="#006d5b"))
-_replace(Method("promptot", "Prompt-OT: deep vision-language prompts (IVLP), CE + lam * OT to the frozen model",
+replace_method(Method("promptot", "Prompt-OT: deep vision-language prompts (IVLP), CE + lam * OT to the frozen model",
                 (Phase(("prompts",), {"prompt_ce": 1.0, "prompt_ot": "lam"}),), hparams=dict(_PROMPTOT_HP),
                 setup=_setup_promptot, precompute=prompt_precompute, paper="Prompt-OT", colour="#08306b"))
-_replace(Method("coop", "CoOp: learned text context (from 'a photo of a'), CE only",
+replace_method(Method("coop", "CoOp: learned text context (from 'a photo of a'), CE only",
                 (Phase(("prompts",), {"prompt_ce": 1.0}),), hparams=dict(_COOP_HP), setup=_setup_coop,
                 paper="Prompt-OT (baseline)", colour="#6baed6"))
-_replace(Method("csaligner", "CS-Aligner under the DiVE protocol: both encoders fine-tuned FLYP-style + lam * CS divergence "
+replace_method(Method("csaligner", "CS-Aligner under the DiVE protocol: both encoders fine-tuned FLYP-style + lam * CS divergence "
                 "(ID images vs ID class-prompt captions + unpaired reference captions)",
-                (Phase(("visual", "text"), {"flyp": 1.0, "csa_cs_ft": "lam"}),), hparams={k: v for k, v in _CSA_HP.items() if k != "hidden"},
+                (Phase(("visual", "text"), {"flyp": 1.0, "csa_cs_ft": "lam"}),), hparams={k: v for k, v in CSA_HPARAMS.items() if k != "hidden"},
                 paper="CS-Aligner", colour="#74c476"))
-_replace(Method("csaligner_adapters", "CS-Aligner's lightweight setting: residual adapters on frozen encoders, InfoNCE + lam * CS "
+replace_method(Method("csaligner_adapters", "CS-Aligner's lightweight setting: residual adapters on frozen encoders, InfoNCE + lam * CS "
                 "divergence (+ unpaired reference captions)",
-                (Phase(("adapters",), {"csa_nce": 1.0, "csa_cs": "lam"}),), hparams=dict(_CSA_HP), setup=_setup_csa,
+                (Phase(("adapters",), {"csa_nce": 1.0, "csa_cs": "lam"}),), hparams=dict(CSA_HPARAMS), setup=setup_adapters,
                 paper="CS-Aligner"))
 
 # %% ../nbs/25_other_methods.ipynb #76147b93

@@ -15,9 +15,9 @@ from .geometry import alignment, uniformity
 from .models import create_model, prepare_images
 from .evaluate import evaluate, encode, text_head, accuracy, expected_calibration_error
 from .train import class_prompt_tokens
-from .experiment import (Context, finetune, resolve_run, provenance, map_in_workers, worker_context, _model_name,
-                                _rounded)
-from .other_methods import (_csa_pair, _hp, _replace, _setup_csa, _CSA_HP, cs_term, few_shot_split, base_novel_split,
+from .experiment import (Context, finetune, resolve_run, provenance, map_in_workers, worker_context, model_name_of,
+                                rounded)
+from .other_methods import (csa_pair, hparam, replace_method, setup_adapters, CSA_HPARAMS, cs_term, few_shot_split, base_novel_split,
                                    subsample_classes, harmonic_mean)
 from .methods import FineTuneModel
 
@@ -47,17 +47,17 @@ def unpaired_precompute(
 
 
 def _csa_nce_pairs(ctx: StepContext) -> torch.Tensor:
-    img, txt = _csa_pair(ctx, "ref")
+    img, txt = csa_pair(ctx, "ref")
     return clip_loss(img, txt, ctx.model.scale)
 
 
 def _csa_cs_pairs(ctx: StepContext) -> torch.Tensor:
     ad = ctx.model.state["adapters"]
-    img, txt = _csa_pair(ctx, "ref")
+    img, txt = csa_pair(ctx, "ref")
     imgs, txts = [img], [txt]
     if "unp_img" in ctx.cache:
         dev = img.device
-        m = int(round(float(_hp(ctx, "unpaired", 2)) * len(img)))
+        m = int(round(float(hparam(ctx, "unpaired", 2)) * len(img)))
         for key, adapter, out in (("unp_img", ad["image"], imgs), ("unp_txt", ad["text"], txts)):
             pool = ctx.cache[key]
             rows = torch.randint(len(pool), (m,), generator=ctx.generator)
@@ -67,10 +67,10 @@ def _csa_cs_pairs(ctx: StepContext) -> torch.Tensor:
 
 TERMS["csa_nce_pairs"] = Term(_csa_nce_pairs, "ref", "CS-Aligner's InfoNCE on adapted reference pairs")
 TERMS["csa_cs_pairs"] = Term(_csa_cs_pairs, "ref", "CS-Aligner's CS divergence on adapted pairs + an unpaired pool")
-_replace(Method("csaligner_pairs", "CS-Aligner in its own setting: adapters on frozen encoders, InfoNCE + lam * CS on "
+replace_method(Method("csaligner_pairs", "CS-Aligner in its own setting: adapters on frozen encoders, InfoNCE + lam * CS on "
                 "image-caption pairs (+ unpaired images and captions)",
                 (Phase(("adapters",), {"csa_nce_pairs": 1.0, "csa_cs_pairs": "lam"}),),
-                hparams={**_CSA_HP, "unpaired": 2.0}, setup=_setup_csa, precompute=unpaired_precompute))
+                hparams={**CSA_HPARAMS, "unpaired": 2.0}, setup=setup_adapters, precompute=unpaired_precompute))
 
 # %% ../nbs/26_paper_experiments.ipynb #449d0c21
 CAPTION_ATTRS = ("style", "shape", "size", "colour", "texture", "position", "background")
@@ -121,16 +121,16 @@ def multicap_precompute(
 def _csa_cs_multi(ctx: StepContext) -> torch.Tensor:
     "CS divergence between the batch's adapted images and every caption of those images (the paired one and k more)."
     ad = ctx.model.state["adapters"]
-    img, txt = _csa_pair(ctx, "ref")
+    img, txt = csa_pair(ctx, "ref")
     extra = ctx.cache["multi_txt"][ctx._need(ctx.ref_index, "ref_index").to(ctx.cache["multi_txt"].device)].flatten(0, 1)
     extra = F.normalize(ad["text"](extra.to(img.device)), dim=-1)
     return cs_term(ctx, [img], [txt, extra])
 
 TERMS["csa_cs_multi"] = Term(_csa_cs_multi, "ref", "CS-Aligner's CS divergence on adapted images vs all their captions")
-_replace(Method("csaligner_multicap", "CS-Aligner with several captions per image: adapters on frozen encoders, InfoNCE on "
+replace_method(Method("csaligner_multicap", "CS-Aligner with several captions per image: adapters on frozen encoders, InfoNCE on "
                 "the paired caption + lam * CS between the images and all their captions",
                 (Phase(("adapters",), {"csa_nce_pairs": 1.0, "csa_cs_multi": "lam"}),),
-                hparams=dict(_CSA_HP), setup=_setup_csa, precompute=multicap_precompute))
+                hparams=dict(CSA_HPARAMS), setup=setup_adapters, precompute=multicap_precompute))
 
 # %% ../nbs/26_paper_experiments.ipynb #1aa93ea3
 def view(
@@ -157,7 +157,7 @@ def view(
         v.prompts, v.classes = ctx.prompts[:, cls], cls
         head = ctx.teacher.class_emb[suite.id_task.name][cls].clone()
         def model(ctx=ctx, head=head):
-            clip, _, _ = create_model(_model_name(ctx.params), pretrained=ctx.pretrained)
+            clip, _, _ = create_model(model_name_of(ctx.params), pretrained=ctx.pretrained)
             return FineTuneModel(clip, head.clone()).to(getattr(ctx, "device", "cpu"))
         v.model = model
     if id_train is not None or reference is not None or retrieval is not None:
@@ -226,7 +226,8 @@ def run_view(ctx: Context, spec: dict) -> Context:
         train_split = Split(imgs, {attr: torch.zeros(n, dtype=torch.long)}, None, toks)
     if spec.get("captions_per_image"):  # several captions per training pair, for the CS term (CS-Aligner's multi-caption setting)
         k = int(spec["captions_per_image"])
-        train_split = Split(pool.images[:0], {attr: torch.zeros(0, dtype=torch.long)}, None, extra_captions(ref if ref is not None else pool, ctx.tok, k, seed))
+        src = ref if ref is not None else pool  # the training pairs: their images and k more captions of each (rows aligned)
+        train_split = Split(src.images, {attr: torch.zeros(len(src), dtype=torch.long)}, None, extra_captions(src, ctx.tok, k, seed))
     v = view(ctx, train_split, spec.get("classes"), ref, rows, ret, val)
     if train_split is not None or ref is not None:  # what the run trains on, for resume checks
         parts = [ctx.fingerprint] + [s.fingerprint() for s in (train_split, ref) if s is not None]
@@ -309,15 +310,15 @@ def reliability_bins(
     logits: torch.Tensor,  # (n, K) classification logits
     labels: torch.Tensor,  # (n,) true classes
     n_bins: int = 15,  # equal-width confidence bins on (0, 1], as `expected_calibration_error`
-) -> dict:  # {'conf', 'acc', 'count'}: per bin, mean confidence and accuracy (NaN when empty) and the number of examples
+) -> dict:  # {'conf', 'acc', 'count'}: per bin, mean confidence and accuracy (None when empty: JSON-safe) and the number of examples
     "The reliability diagram's bins: ECE is their count-weighted mean |acc - conf|."
     p = logits.detach().double().softmax(-1)
     conf, pred = p.max(-1)
     hit = (pred == torch.as_tensor(labels)).double()
     b = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)  # bin i holds (i/n, (i+1)/n]
     cnt = torch.bincount(b, minlength=n_bins).double()
-    mean = lambda x: torch.where(cnt > 0, torch.bincount(b, x, minlength=n_bins) / cnt.clamp(min=1), torch.nan)
-    return {"conf": mean(conf).tolist(), "acc": mean(hit).tolist(), "count": cnt.long().tolist()}
+    mean = lambda x: [v if c else None for v, c in zip((torch.bincount(b, x, minlength=n_bins) / cnt.clamp(min=1)).tolist(), cnt.tolist())]
+    return {"conf": mean(conf), "acc": mean(hit), "count": cnt.long().tolist()}
 
 @torch.no_grad()
 def _calibration(model, ctx: Context) -> tuple[float, dict]:
@@ -348,7 +349,7 @@ def run_one(
     if spec.get("phase") == "select":  # validation only: the selection rule reads `val`
         row["val"] = (pair_metrics(model, v.val)[0]["r1"] if spec.get("pairs") else val_accuracy(model, v, meth.classifier))
         row["seconds"] = time.time() - t0
-        return _rounded(row)
+        return rounded(row)
     m, per = evaluate(model, v.suite, v.tok, prepare_images, classifier=meth.classifier, pre_probe=v.pre_probe, with_val=False)
     row.update({"id_acc": m["id_acc"], "ood_avg": m["ood_acc"]["avg"], "zs_avg": m["zs_acc"]["avg"],
                 **{f"ood.{k}": x for k, x in m["ood_acc"].items() if k != "avg"},
@@ -370,7 +371,7 @@ def run_one(
         q = Path(preds_dir) / spec["exp"] / f"{name}.preds.pt"; q.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"probe_img": per["probe_img"], "probe_txt": per["probe_txt"],
                     "correct": {k: torch.as_tensor(x).bool() for k, x in correct.items()}}, q)
-    return _rounded(row)
+    return rounded(row)
 
 # %% ../nbs/26_paper_experiments.ipynb #1a1f0c1b
 EXPERIMENTS = ("m2mix", "mps", "promptot", "csaligner")

@@ -1117,6 +1117,17 @@ def figure_csaligner_pairs(ctx: _Context):
         ax.set_title(f"CS-Aligner: alignment, unpaired data, several captions ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
+def _reliability_curve(R: pd.DataFrame) -> tuple:
+    "Per confidence bin over a method's seeds: mean confidence, mean and std of accuracy (%); bins empty on every seed dropped."
+    conf = np.array([r["conf"] for r in R["reliability"]], float)  # None (an empty bin) -> NaN
+    acc = np.array([r["acc"] for r in R["reliability"]], float) * 100
+    keep = np.isfinite(conf).any(0)
+    conf, acc = conf[:, keep], acc[:, keep]
+    n = np.isfinite(acc).sum(0)
+    mean = np.nansum(acc, 0) / n
+    sd = np.sqrt(np.nansum((acc - mean) ** 2, 0) / np.maximum(n - 1, 1))
+    return np.nansum(conf, 0) / np.isfinite(conf).sum(0), mean, np.where(n > 1, sd, 0.0)
+
 def figure_m2mix_reliability(ctx: _Context):
     "Reliability diagram of the zero-shot ID head: accuracy against confidence per bin, mean ± std over seeds."
     D = _papers(ctx, "m2mix")
@@ -1126,12 +1137,10 @@ def figure_m2mix_reliability(ctx: _Context):
         ax.plot([0, 1], [0, 100], ls="--", color="0.6", lw=0.8, label="calibrated")
         for arm in D["arm"].unique():
             R = D[D["arm"] == arm]
-            conf = np.nanmean([r["conf"] for r in R["reliability"]], 0)
-            acc = np.array([r["acc"] for r in R["reliability"]], float) * 100
-            m = np.isfinite(conf) & np.isfinite(acc).all(0)
+            conf, acc, sd = _reliability_curve(R)
             m_ = str(R["method"].iloc[0]) if "method" in R else arm
-            ax.errorbar(conf[m], np.nanmean(acc, 0)[m], yerr=np.nanstd(acc, 0, ddof=1)[m] if len(R) > 1 else None, fmt="o-", ms=3,
-                        capsize=2, color=method_colour(m_) if m_ != "zeroshot" else "0.3", label=f"{arm} (ECE {R['ece'].mean():.1f}%)")
+            ax.errorbar(conf, acc, yerr=sd, fmt="o-", ms=3, capsize=2, color=method_colour(m_) if m_ != "zeroshot" else "0.3",
+                        label=f"{arm} (ECE {R['ece'].mean():.1f}%)")
         ax.set_xlabel("confidence (max softmax probability)"); ax.set_ylabel("accuracy in the bin (%)")
         ax.set_title(f"m²-mix: calibration of the zero-shot ID head ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
     return fig

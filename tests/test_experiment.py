@@ -40,40 +40,46 @@ def test_finetune_many_two_workers_equal_one(tiny):
 
 
 def test_paper_experiments_end_to_end(tiny):
-    "Each paper experiment runs its runs through the loop and the evaluation; the report makes its tables."
+    "Each paper experiment selects its rates on validation data, runs every arm on every seed through the loop and the evaluation; the report makes its tables, figures and claims rows."
     import json
     from dive_nb.other_methods import harmonic_mean
     from dive_nb.paper_experiments import run_experiment
     from dive_nb.report import build_report
     params, world, pre, teacher, d = tiny
     params = {**params, "workers": 1,
-              "papers": {"seed": 0, "m2mix": {"steps": 2, "pair_batch_size": 16}, "mps": {"steps": 2, "shots": [1, 2]},
-                         "promptot": {"steps": 2, "shots": 2, "n_classes": 10},
-                         "csaligner": {"steps": 2, "pair_batch_size": 16, "n_paired": 50}}}
+              "papers": {"seeds": [0, 1], "m2mix": {"steps": 2, "pair_batch_size": 16, "lr": [1e-4, 1e-3]},
+                         "mps": {"steps": 2, "shots": [1, 2], "val_shots": 2, "lr": [1e-3]},
+                         "promptot": {"steps": 2, "shots": 2, "n_classes": 10, "lr": [1e-3]},
+                         "csaligner": {"steps": 2, "pair_batch_size": 16, "n_paired": 10, "captions_per_image": 2, "lr": [1e-3]}}}
     metrics = d / "metrics" / "mini"
-    rows = {}
+    rows, recs = {}, {}
     for exp in ("m2mix", "mps", "promptot", "csaligner"):
         rows[exp] = run_experiment(params, exp, world, pre, teacher, d / "papers", metrics / "papers" / f"{exp}.json",
                                    d / "preds" / "papers")
-        assert json.loads((metrics / "papers" / f"{exp}.json").read_text())["rows"] == rows[exp]
-    m2 = {r["name"]: r for r in rows["m2mix"]}
-    assert set(m2) == {"pretrained", "clip_pairs", "m2mix_pairs"} and all(0 <= r["ece"] <= 100 for r in m2.values())
-    assert m2["pretrained"]["trainable_params"] == 0 and m2["clip_pairs"]["trainable_params"] > 0
+        recs[exp] = json.loads((metrics / "papers" / f"{exp}.json").read_text())
+        assert recs[exp]["rows"] == rows[exp] and {r["seed"] for r in rows[exp]} == {0, 1}
+    # m2mix: both trained arms selected over the two rates on validation pairs; the chosen rate is the best one seen
+    sel = recs["m2mix"]["selection"]
+    assert sorted((r["arm"], r["lr"]) for r in sel) == [(a, lr) for a in ("clip_pairs", "m2mix_pairs") for lr in (1e-4, 1e-3)]
+    for arm, lr in recs["m2mix"]["lr"].items():
+        assert max((r["val"], -r["lr"]) for r in sel if r["arm"] == arm) == (next(r["val"] for r in sel if r["arm"] == arm and r["lr"] == lr), -lr)
+    m2 = {(r["arm"], r["seed"]): r for r in rows["m2mix"]}
+    assert {a for a, _ in m2} == {"pretrained", "clip_pairs", "m2mix_pairs"} and all(0 <= r["ece"] <= 100 for r in m2.values())
+    assert m2["pretrained", 0]["trainable_params"] == 0 and m2["clip_pairs", 1]["trainable_params"] > 0
+    assert all(0 <= r["pairs.i2t_r1"] <= 100 and 0 <= r["arith_acc"] <= 100 for r in m2.values())
     mps = rows["mps"]
-    assert sorted({(r["method"], r["shots"]) for r in mps if r["variant"] == "main"}) == \
-        sorted((m, k) for m in ("mps", "coop", "lp", "ft") for k in (1, 2))
-    assert len(mps) == 8 + 5
+    assert sorted({(r["method"], r["shots"]) for r in mps if r.get("variant") == "main"}) == sorted((m, k) for m in ("mps", "coop", "lp") for k in (1, 2))
+    assert len(mps) == 2 * (1 + 6 + 5) and not recs["mps"]["selection"]  # one rate: nothing to select
     for r in rows["promptot"]:
         assert abs(r["hm"] - harmonic_mean(r["base_acc"], r["novel_acc"])) < 1e-3
-    cs = {r["name"]: r for r in rows["csaligner"]}
-    assert list(cs) == ["pretrained", "nce", "nce_cs", "paired_50", "paired_50_unpaired_100", "paired_100"]
-    # adapters start as the identity and only they train: a 2-step run stays close to the pre-trained gap
-    assert all(r["geometry.modality_gap"] >= 0 for r in cs.values())
+    cs = [r["arm"] for r in rows["csaligner"] if r["seed"] == 0]
+    assert cs == ["pretrained", "nce", "nce_cs", "paired_10", "paired_10_unpaired_20", "paired_20", "paired_10_captions_3"]
+    assert all(r["geometry.modality_gap"] >= 0 for r in rows["csaligner"])
     written = build_report(metrics, d / "tables", d / "figures", preds_dir=d / "preds", verbose=False)
     names = {p.name for p in written}
-    for t in ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner"):
+    for t in ("m2mix_retrieval", "mps_fewshot", "mps_ablation", "promptot_base2novel", "csaligner", "papers_selection"):
         assert f"{t}.md" in names and (d / "tables" / "mini" / f"{t}.md").read_text().startswith("**Table"), t
-    assert {"mps_fewshot.png", "csaligner_gap.png"} <= names
+    assert {"mps_fewshot.png", "csaligner_gap.png", "csaligner_pairs.png", "promptot_base2novel.png", "m2mix_reliability.png"} <= names
 
 
 def _train(tiny, method, name, **over):

@@ -114,7 +114,7 @@ def test_reimport_replaces_its_own_registrations():
     "Running the notebook again (re-registering the same methods) must not fail or duplicate them."
     n = len(METHODS)
     m = METHODS["mps"]
-    om._replace(m)
+    om.replace_method(m)
     assert len(METHODS) == n and METHODS["mps"] is m
 
 
