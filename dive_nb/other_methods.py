@@ -17,12 +17,12 @@ from .losses.cs import cs_divergence
 from .peft import install_adapters, install_mps, install_prompt_learner, vision_forward
 
 # %% auto #0
-__all__ = ['M2MIX_GRID', 'CSA_HPARAMS', 'hparam', 'replace_method', 'm2mix_epoch_weight', 'mps_precompute', 'prompt_precompute',
-           'csa_pair', 'cs_term', 'setup_adapters', 'few_shot_indices', 'few_shot_split', 'base_novel_split',
-           'subsample_classes', 'harmonic_mean']
+__all__ = ['M2MIX_GRID', 'CSA_HPARAMS', 'step_memo', 'hparam', 'replace_method', 'm2mix_epoch_weight', 'mps_precompute',
+           'prompt_precompute', 'csa_pair', 'cs_term', 'setup_adapters', 'few_shot_indices', 'few_shot_split',
+           'base_novel_split', 'subsample_classes', 'harmonic_mean']
 
 # %% ../nbs/25_other_methods.ipynb #4704a838
-def _memo(ctx: StepContext, key: str, fn):
+def step_memo(ctx: StepContext, key: str, fn):
     "Compute `fn()` once per step (per StepContext) and reuse it in every term of that step."
     d = ctx.__dict__.setdefault("_memo", {})
     if key not in d: d[key] = fn()
@@ -122,7 +122,7 @@ def _mps_out(ctx: StepContext) -> dict:
         zs = F.normalize(g(o["zs"].detach()), dim=-1) if live else _rows(ctx, "mps_zs")
         zt = g(o["zs_tokens"].detach()) if live else _rows(ctx, "mps_zs_tokens")
         return {"ft": F.normalize(g(o["ft"]), dim=-1), "zs": zs, "ft_tokens": g(o["ft_tokens"]), "zs_tokens": zt}
-    return _memo(ctx, "mps", run)
+    return step_memo(ctx, "mps", run)
 
 
 def _mps_ce(ctx: StepContext) -> torch.Tensor:
@@ -173,7 +173,7 @@ def _prompt_out(ctx: StepContext) -> dict:
         e = ctx.model.encode_text(pt.reshape(T * C, L).to(ctx.model.head.weight.device)).view(T, C, -1)
         head = F.normalize(F.normalize(e, dim=-1).mean(0), dim=-1)
         return {"img": ctx.id_img, "head": head}
-    return _memo(ctx, "prompt", run)
+    return step_memo(ctx, "prompt", run)
 
 
 def _prompt_ce(ctx: StepContext) -> torch.Tensor:
@@ -203,7 +203,7 @@ def _csa_base(ctx: StepContext, which: str, x: torch.Tensor, key: str) -> torch.
     if not _frozen_encoder(ctx.model, which): return enc(x)  # trainable encoder: a fresh graph for each use
     def run():
         with torch.no_grad(): return enc(x)
-    return _memo(ctx, key, run)
+    return step_memo(ctx, key, run)
 
 
 def csa_pair(ctx: StepContext, batch: str = "id") -> tuple:

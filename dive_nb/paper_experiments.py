@@ -17,15 +17,15 @@ from .evaluate import evaluate, encode, text_head, accuracy, expected_calibratio
 from .train import class_prompt_tokens
 from .experiment import (Context, finetune, resolve_run, provenance, map_in_workers, worker_context, model_name_of,
                                 rounded)
-from .other_methods import (csa_pair, hparam, replace_method, setup_adapters, CSA_HPARAMS, cs_term, few_shot_split, base_novel_split,
+from .other_methods import (csa_pair, hparam, replace_method, setup_adapters, step_memo, CSA_HPARAMS, cs_term, few_shot_split, base_novel_split,
                                    subsample_classes, harmonic_mean)
 from .methods import FineTuneModel
 
 # %% auto #0
 __all__ = ['CAPTION_ATTRS', 'PAIR_SOURCES', 'VAL_SHOT_SEED', 'EXPERIMENTS', 'TRAIN_KEYS', 'unpaired_precompute', 'world_captions',
-           'extra_captions', 'multicap_precompute', 'view', 'caption_pairs', 'run_view', 'pair_metrics', 'arithmetic',
-           'val_accuracy', 'reliability_bins', 'run_one', 'experiment_arms', 'lr_grid', 'selection_runs', 'select_lrs',
-           'final_runs', 'run_experiment']
+           'extra_captions', 'multicap_precompute', 'frozen_tokens', 'view', 'caption_pairs', 'run_view',
+           'pair_metrics', 'arithmetic', 'val_accuracy', 'reliability_bins', 'run_one', 'experiment_arms', 'lr_grid',
+           'selection_runs', 'select_lrs', 'final_runs', 'run_experiment']
 
 # %% ../nbs/26_paper_experiments.ipynb #57668129
 @torch.no_grad()
@@ -131,6 +131,37 @@ replace_method(Method("csaligner_multicap", "CS-Aligner with several captions pe
                 "the paired caption + lam * CS between the images and all their captions",
                 (Phase(("adapters",), {"csa_nce_pairs": 1.0, "csa_cs_multi": "lam"}),),
                 hparams=dict(CSA_HPARAMS), setup=setup_adapters, precompute=multicap_precompute))
+
+# %% ../nbs/26_paper_experiments.ipynb #4f3daa85
+def _project(x: torch.Tensor, proj) -> torch.Tensor:
+    return proj(x) if isinstance(proj, torch.nn.Module) else x if proj is None else x @ proj
+
+def frozen_tokens(
+    ctx: StepContext,  # the step: its reference images and captions
+) -> tuple:  # (image tokens (B, P, d), caption tokens (B, L, d), caption mask (B, L)): projected, frozen, once per step
+    "The frozen towers' final-layer tokens of the step's reference pairs, projected into the shared space."
+    def run():
+        clip = ctx.model.clip
+        with torch.no_grad():
+            o = clip.forward_intermediates(image=ctx._need(ctx.ref_images, "ref_images"), text=ctx._need(ctx.ref_tokens, "ref_tokens"),
+                                           image_indices=1, text_indices=1, normalize_intermediates=True,
+                                           intermediates_only=True, image_output_fmt="NLC")
+            return (_project(o["image_intermediates"][-1], clip.visual.proj),
+                    _project(o["text_intermediates"][-1], clip.text_projection), ctx.ref_tokens != 0)
+    return step_memo(ctx, "csa_tokens", run)
+
+def _csa_cs_tokens(ctx: StepContext) -> torch.Tensor:
+    "Mean over the pairs of the CS divergence between each image's adapted patch tokens and its caption's adapted word tokens."
+    ad = ctx.model.state["adapters"]
+    vi, tt, mask = frozen_tokens(ctx)
+    zi, zt = F.normalize(ad["image"](vi), dim=-1), F.normalize(ad["text"](tt), dim=-1)
+    return torch.stack([cs_term(ctx, [zi[b]], [zt[b][mask[b]]]) for b in range(len(zi))]).mean()
+
+TERMS["csa_cs_tokens"] = Term(_csa_cs_tokens, "ref", "CS-Aligner's token-level CS divergence: each image's patch tokens vs its caption's tokens")
+replace_method(Method("csaligner_tokens", "CS-Aligner with its token-level term: adapters on frozen encoders, InfoNCE + lam * CS on "
+                      "image-caption pairs + lam_tok * the mean per-pair CS of patch vs word tokens",
+                      (Phase(("adapters",), {"csa_nce_pairs": 1.0, "csa_cs_pairs": "lam", "csa_cs_tokens": "lam_tok"}),),
+                      hparams={**CSA_HPARAMS, "lam_tok": 1.0}, setup=setup_adapters, paper="CS-Aligner"))
 
 # %% ../nbs/26_paper_experiments.ipynb #1aa93ea3
 def view(
@@ -427,6 +458,7 @@ def experiment_arms(
         arms.append(mk("nce", "csaligner_pairs", {**over, "lam": 0.0}, select=True, setting="InfoNCE, all pairs", **pairs))
         arms.append(mk("nce_cs", "csaligner_pairs", over, select=True, setting="InfoNCE + CS, all pairs", **pairs))
         src = {"lr_from": "nce_cs", **pairs}
+        arms.append(mk("nce_cs_tokens", "csaligner_tokens", over, setting="InfoNCE + CS + token-level CS, all pairs", **src))
         arms.append(mk(f"paired_{N}", "csaligner_pairs", over, n_pairs=N, setting=f"{N} paired", **src))
         arms.append(mk(f"paired_{N}_unpaired_{2 * N}", "csaligner_pairs", over, n_pairs=N, unpaired=[N, 2 * N],
                        setting=f"{N} paired + {2 * N} unpaired", **src))

@@ -73,7 +73,7 @@ def test_paper_experiments_end_to_end(tiny):
     for r in rows["promptot"]:
         assert abs(r["hm"] - harmonic_mean(r["base_acc"], r["novel_acc"])) < 1e-3
     cs = [r["arm"] for r in rows["csaligner"] if r["seed"] == 0]
-    assert cs == ["pretrained", "nce", "nce_cs", "paired_10", "paired_10_unpaired_20", "paired_20", "paired_10_captions_3"]
+    assert cs == ["pretrained", "nce", "nce_cs", "nce_cs_tokens", "paired_10", "paired_10_unpaired_20", "paired_20", "paired_10_captions_3"]
     assert all(r["geometry.modality_gap"] >= 0 for r in rows["csaligner"])
     written = build_report(metrics, d / "tables", d / "figures", preds_dir=d / "preds", verbose=False)
     names = {p.name for p in written}
