@@ -28,7 +28,8 @@ def test_repository_deps_cover_every_import_closure():
 
 
 def test_finetune_closure_has_geometry_and_distributed():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = D._load(ROOT / "dvc.yaml")["stages"]  # `${papermill}` substituted from dvc.yaml's vars
+    assert "papermill --cwd" in stages["finetune"]["cmd"]
     deps = D.expected_deps(stages["finetune"], ROOT)
     # every loss imports geometry; train imports distributed; experiment imports models and evaluate
     assert {"dive_nb/geometry.py", "dive_nb/distributed.py", "dive_nb/models.py", "dive_nb/evaluate.py"} <= set(deps), deps
@@ -92,3 +93,12 @@ def test_folder_dep_covers_its_files(tmp_path):
     repo = _fake_repo(tmp_path)
     (repo / "dvc.yaml").write_text(DVC.replace("- dive_nb/a.py", "- dive_nb"))
     assert _run("--check", root=repo).returncode == 0
+
+
+def test_vars_in_commands_are_expanded(tmp_path):
+    "A stage whose command names its notebook through a dvc.yaml var still reaches the notebook's imports."
+    repo = _fake_repo(tmp_path)
+    text = DVC.replace("stages:\n", "vars:\n  - pm: mkdir -p out && papermill --cwd . -k python3\nstages:\n")
+    (repo / "dvc.yaml").write_text(text.replace("mkdir -p out && papermill --cwd . -k python3 nbs/one.ipynb", "${pm} nbs/one.ipynb"))
+    stage = D._load(repo / "dvc.yaml")["stages"]["one"]
+    assert set(D.expected_deps(stage, repo)) >= {"dive_nb/a.py", "dive_nb/b.py", "dive_nb/c.py"}

@@ -234,8 +234,15 @@ def missing(stage: dict, want: list[str]) -> list[str]:
 
 
 def _load(path: Path) -> dict:
+    "A dvc.yaml with the dict entries of its `vars` substituted into every stage's `cmd` (e.g. `${papermill}`)."
     import yaml
-    return yaml.safe_load(path.read_text()) or {}
+    doc = yaml.safe_load(path.read_text()) or {}
+    var = {k: str(v) for d in doc.get("vars", []) if isinstance(d, dict) for k, v in d.items()}
+    sub = lambda c: re.sub(r"\$\{(\w+)\}", lambda m: var.get(m.group(1), m.group(0)), c)
+    for st in (doc.get("stages") or {}).values():
+        if isinstance(st, dict) and "cmd" in st:
+            st["cmd"] = [sub(c) for c in st["cmd"]] if isinstance(st["cmd"], list) else sub(st["cmd"])
+    return doc
 
 
 def rewrite_text(text: str, wanted: dict[str, list[str]]) -> str:

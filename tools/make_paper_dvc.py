@@ -51,10 +51,16 @@ def convert(st: dict, name: str) -> dict:
     return out
 
 
+def doc_vars(doc: dict) -> dict:
+    "The dict entries of dvc.yaml's `vars` (the papermill prefix every stage runs under)."
+    return {k: v for d in doc.get("vars", []) if isinstance(d, dict) for k, v in d.items()}
+
+
 def main() -> None:
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     stages = {n: convert(s, n) for n, s in doc["stages"].items() if n not in ("world", "pretrain", "worlds")}
-    out = {"vars": ["params.yaml"], "stages": stages}
+    out = {"vars": ["params.yaml", {"papermill": doc_vars(doc)["papermill"].replace("executed/mini", "executed/paper")}],
+           "stages": stages}
     if doc.get("plots"): out["plots"] = [_paper(x) if isinstance(x, str) else {_paper(k): v for k, v in x.items()} for x in doc["plots"]]
     txt = yaml.safe_dump(out, sort_keys=False, width=120)
     (ROOT / "paper" / "dvc.yaml").write_text(HEADER + txt)
