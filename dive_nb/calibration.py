@@ -143,11 +143,11 @@ def evaluate_grid(
     root: str | Path = ".",  # the repository root
 ) -> dict:  # run folder name -> {lr, id, ood (per style and avg), zs avg}
     "Score every selection run of a try's learning-rate grid (seed 0) in full; writes grid_eval.json beside its records."
-    from dive_nb.experiment import load_params, Context, evaluate_run
+    from dive_nb.experiment import load_params, ProfileContext, evaluate_run
     methods = check_baselines(list(methods))
     a, m = Path(root) / "artifacts" / "calibration" / name, Path(root) / "metrics" / "mini" / "calibration" / name
     params = load_params(m / "params.yaml")
-    ctx, out = Context(params, a / "world", a / "pretrained" / "model.pt", a / "teacher"), {}
+    ctx, out = ProfileContext(params, a / "world", a / "pretrained" / "model.pt", a / "teacher"), {}
     for k in methods:
         for d in sorted((a / "select").glob(f"{k}-lr*"), key=lambda p: float(p.name.split("-lr")[1])):
             lr = float(d.name.split("-lr")[1])

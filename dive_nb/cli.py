@@ -160,7 +160,7 @@ def cmd_run(args) -> int:
     params = _load(args); P = _paths(args, params)
     _check_inputs(args, params, P)
     _writable(P["root"] / "runs"); _writable(P["metrics"])
-    from dive_nb.experiment import Context, finetune, evaluate_run, resolve_run
+    from dive_nb.experiment import ProfileContext, finetune, evaluate_run, resolve_run
     from dive_nb.methods import METHODS
     methods = args.methods or list(params.get("methods") or {})
     seeds = args.seeds if args.seeds is not None else params.get("seeds", [0])
@@ -169,7 +169,7 @@ def cmd_run(args) -> int:
     from dive_nb.distributed import setup_distributed, cleanup_distributed
     import torch
     info = setup_distributed()  # under torchrun: one process per GPU, global-batch losses; otherwise one process
-    ctx = Context(params, P["world"], P["pretrained"], P["teacher"])
+    ctx = ProfileContext(params, P["world"], P["pretrained"], P["teacher"])
     methods = sorted(methods, key=lambda m: METHODS[m].base is not None)  # base runs (ft for wiseft) first
     for seed in seeds:
         for m in methods:

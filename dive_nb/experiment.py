@@ -18,7 +18,7 @@ from .models import (create_model, prepare_images, save_checkpoint, TeacherCache
 
 # %% auto #0
 __all__ = ['WORLD_METHODS', 'resolve_run', 'stage_world', 'model_name_of', 'load_suite', 'image_size_of', 'stage_pretrain',
-           'stage_teacher', 'profile_paths', 'resolve_device', 'Context', 'rounded', 'wise_curve', 'finetune',
+           'stage_teacher', 'profile_paths', 'resolve_device', 'ProfileContext', 'rounded', 'wise_curve', 'finetune',
            'evaluate_run', 'run', 'worker_context', 'map_in_workers', 'finetune_many', 'sweep_runs', 'run_sweep',
            'prepare_world', 'train_and_record', 'run_world', 'main']
 
@@ -136,7 +136,7 @@ def stage_teacher(params: dict, world: str | Path, pretrained: str | Path, out: 
                          classnames={n: list(k.classnames) for n, k in tasks.items()}, fingerprint=model_fingerprint(clip),
                          data_fingerprint=ref.fingerprint(), logit_scale=float(clip.logit_scale.detach().exp()),
                          meta={"model_name": model_name_of(params), "n_ref": len(ref)})
-    t.meta["ref_fingerprint"] = ref.fingerprint()  # Context checks the world's reference pairs against it
+    t.meta["ref_fingerprint"] = ref.fingerprint()  # ProfileContext checks the world's reference pairs against it
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     t.save(out / "teacher.pt")
     m = FineTuneModel(clip, t.class_emb[suite.id_task.name])
@@ -172,7 +172,7 @@ def resolve_device(
                            f"use device: auto or cpu, or run on a GPU machine")
     return dev
 
-class Context:
+class ProfileContext:
     "What every run of a profile shares: the suite, the pretrained model's path, the teacher cache."
     def __init__(self, params: dict, world, pretrained, teacher_dir, reference_size: int | None = None):
         self.params, self.pretrained, self.teacher_dir = params, str(pretrained), Path(teacher_dir)
@@ -201,7 +201,7 @@ class Context:
         clip, _, _ = create_model(model_name_of(self.params), pretrained=self.pretrained)
         return FineTuneModel(clip, self.teacher.class_emb[self.suite.id_task.name].clone()).to(self.device)
 
-def _record(ctx: Context, method, seed, cfg, model, classifier, extra=None) -> tuple[dict, dict]:
+def _record(ctx: ProfileContext, method, seed, cfg, model, classifier, extra=None) -> tuple[dict, dict]:
     m, per = evaluate(model, ctx.suite, ctx.tok, prepare_images, classifier=classifier, pre_probe=ctx.pre_probe)
     rec = {"method": method.name, "seed": int(seed), **m,
            "trainable_params": int(sum(p.numel() for ph in method.phases for n in set(ph.train) for p in model.parts(n))),
@@ -218,7 +218,7 @@ def rounded(x, nd: int = 4):
     return x
 
 def wise_curve(
-    ctx: Context,
+    ctx: ProfileContext,
     ft_state: dict,  # fine-tuned FineTuneModel state_dict
     classifier: str,  # 'head' or 'text'
     alphas=tuple(i / 10 for i in range(11)),
@@ -235,7 +235,7 @@ def wise_curve(
     return curve
 
 def finetune(
-    ctx: Context,
+    ctx: ProfileContext,
     method: str,  # registered method name
     seed: int,
     run_dir: str | Path,  # checkpoints, final weights (model.pt) and train_log.json
@@ -251,7 +251,7 @@ def finetune(
           on_stale=on_stale)
     return model
 
-def _check_trained_on(ctx: Context, run_dir: Path) -> dict:
+def _check_trained_on(ctx: ProfileContext, run_dir: Path) -> dict:
     "The run's training log, after checking that the run was trained on this context's data and pre-trained model."
     log = json.loads((Path(run_dir) / "train_log.json").read_text())
     if log.get("fingerprint") != ctx.fingerprint:
@@ -260,7 +260,7 @@ def _check_trained_on(ctx: Context, run_dir: Path) -> dict:
     return log
 
 def evaluate_run(
-    ctx: Context,
+    ctx: ProfileContext,
     method: str,
     seed: int,
     run_dir: str | Path,  # the folder `finetune` wrote (unused for zeroshot)
@@ -308,7 +308,7 @@ def evaluate_run(
     return rec
 
 def run(
-    ctx: Context,
+    ctx: ProfileContext,
     method: str,
     seed: int,
     run_dir: str | Path,
@@ -328,19 +328,19 @@ def _worker_init(params, world, pretrained, teacher):
     torch.set_num_threads(1)
     _WORKER.update(args=(params, world, pretrained, teacher), ctx={})
 
-def worker_context(reference_size: int | None = None) -> Context:
-    "Inside `map_in_workers`: this worker's Context (kept for the last reference-set size asked for, to bound memory)."
+def worker_context(reference_size: int | None = None) -> ProfileContext:
+    "Inside `map_in_workers`: this worker's ProfileContext (kept for the last reference-set size asked for, to bound memory)."
     if reference_size not in _WORKER["ctx"]:
-        _WORKER["ctx"] = {reference_size: Context(*_WORKER["args"], reference_size=reference_size)}
+        _WORKER["ctx"] = {reference_size: ProfileContext(*_WORKER["args"], reference_size=reference_size)}
     return _WORKER["ctx"][reference_size]
 
 def map_in_workers(
     fn,  # an importable function of one item; it may call `worker_context()`
     items: list,
-    params: dict, world, pretrained, teacher,  # what every worker's Context is built from
+    params: dict, world, pretrained, teacher,  # what every worker's ProfileContext is built from
     workers: int,  # spawned processes, one thread each
 ) -> list:
-    "`[fn(x) for x in items]` in `workers` spawned processes that share one Context recipe."
+    "`[fn(x) for x in items]` in `workers` spawned processes that share one ProfileContext recipe."
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("spawn"), initializer=_worker_init,
@@ -356,7 +356,7 @@ def finetune_many(
     params: dict, world, pretrained, teacher,
     jobs: list,  # (method, seed, run_dir, overrides[, reference_size]) tuples
     workers: int = 1,  # processes training side by side (each with one thread); 1 trains in this process
-    ctx: Context | None = None,  # reused when training in this process (jobs without a reference size)
+    ctx: ProfileContext | None = None,  # reused when training in this process (jobs without a reference size)
     on_stale: str = "error",  # a run folder's checkpoint of another configuration: 'error' or 'restart'
 ) -> list[str]:
     "Train several runs, `workers` at a time in separate processes; returns their run folders."
@@ -364,7 +364,7 @@ def finetune_many(
     if workers <= 1 or len(jobs) <= 1:
         ctxs = {None: ctx} if ctx is not None else {}
         for m, s, d, o, r, st in jobs:
-            if r not in ctxs: ctxs[r] = Context(params, world, pretrained, teacher, reference_size=r)
+            if r not in ctxs: ctxs[r] = ProfileContext(params, world, pretrained, teacher, reference_size=r)
             finetune(ctxs[r], m, s, d, o, st)
         return [j[2] for j in jobs]
     return map_in_workers(_worker_finetune, jobs, params, world, pretrained, teacher, workers)
@@ -402,8 +402,8 @@ def run_sweep(
                        for m, label, over in todo], workers=int(params.get("workers", 1)))
     ctx, out = None, []
     for m, label, over in todo:
-        c = Context(params, world, pretrained, teacher, reference_size=int(label)) if sweep == "refsize" else \
-            (ctx or Context(params, world, pretrained, teacher))
+        c = ProfileContext(params, world, pretrained, teacher, reference_size=int(label)) if sweep == "refsize" else \
+            (ctx or ProfileContext(params, world, pretrained, teacher))
         if sweep != "refsize": ctx = c
         name = f"{m}-{label}-{seed}"
         if sweep == "wise":
@@ -441,7 +441,7 @@ def train_and_record(
     runs, metrics, preds = Path(runs), Path(metrics), Path(preds)
     jobs = [(k, int(s), runs / f"{k}-{s}", {}) for k in methods if k != "zeroshot" for s in seeds]
     finetune_many(params, world, pretrained, teacher, jobs, workers=int(params.get("workers", 1)))
-    ctx, out = Context(params, world, pretrained, teacher), []
+    ctx, out = ProfileContext(params, world, pretrained, teacher), []
     for k, s, d, _ in [("zeroshot", int(s), runs, {}) for s in seeds if "zeroshot" in methods] + jobs:
         r = evaluate_run(ctx, k, s, d, metrics / f"{k}-{s}.json", preds / f"{k}-{s}.preds.pt", wise=k in wise)
         print(f"{k:9s} seed {s}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f}", flush=True)

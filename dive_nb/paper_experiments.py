@@ -15,7 +15,7 @@ from .geometry import alignment, uniformity
 from .models import create_model, prepare_images
 from .evaluate import evaluate, encode, text_head, accuracy, expected_calibration_error
 from .train import class_prompt_tokens
-from .experiment import (Context, finetune, resolve_run, provenance, map_in_workers, worker_context, model_name_of,
+from .experiment import (ProfileContext, finetune, resolve_run, provenance, map_in_workers, worker_context, model_name_of,
                                 rounded)
 from .other_methods import (csa_pair, hparam, replace_method, setup_adapters, step_memo, CSA_HPARAMS, cs_term, few_shot_split, base_novel_split,
                                    subsample_classes, harmonic_mean)
@@ -165,14 +165,14 @@ replace_method(Method("csaligner_tokens", "CS-Aligner with its token-level term:
 
 # %% ../nbs/26_paper_experiments.ipynb #1aa93ea3
 def view(
-    ctx: Context,  # the profile's context
+    ctx: ProfileContext,  # the profile's context
     id_train: Split | None = None,  # another training split (K shots, an unpaired pool, ...)
     classes: list[int] | None = None,  # keep only these ID classes in the head and the prompts
     reference: Split | None = None,  # another reference (pairs) split
     teacher_rows: bool = True,  # `reference` is the first rows of the profile's reference set (frozen embeddings from the teacher cache); False: other pairs, none
     retrieval: Split | None = None,  # another retrieval test split
     val: Split | None = None,  # the run's validation split (held-out shots, base-class or pair validation)
-) -> Context:
+) -> ProfileContext:
     "A shallow copy of `ctx` that trains on other data (the suite's evaluation splits are shared, not copied)."
     v = copy.copy(ctx)
     suite = ctx.suite
@@ -213,7 +213,7 @@ def _with_tokens(s: Split, tok) -> Split:
     return dataclasses.replace(s, tokens=tok(s.captions))
 
 def caption_pairs(
-    ctx: Context,  # the profile's context
+    ctx: ProfileContext,  # the profile's context
     source: str = "id_detailed",  # 'id_detailed': the ID photos with detailed captions; 'id': with the world's captions; 'reference': the reference pairs
     n_test: int = 1000,  # test pairs (the first rows of the test split)
 ) -> dict[str, Split]:  # {'train', 'val', 'test'}, each with caption tokens
@@ -234,7 +234,7 @@ def caption_pairs(
     return {k: _with_tokens(p, ctx.tok) for k, p in parts.items()}
 
 # %% ../nbs/26_paper_experiments.ipynb #83dd2435
-def run_view(ctx: Context, spec: dict) -> Context:
+def run_view(ctx: ProfileContext, spec: dict) -> ProfileContext:
     "The view of `ctx` that a run spec asks for."
     seed, attr = int(spec.get("seed", 0)), ctx.suite.id_task.attribute
     train_split, ref, ret, val, rows = None, None, None, None, True
@@ -315,7 +315,7 @@ def arithmetic(
     return 100.0 * float(ok.mean()) if len(ok) else float("nan"), ok
 
 @torch.no_grad()
-def val_accuracy(model: FineTuneModel, ctx: Context, classifier: str) -> float:
+def val_accuracy(model: FineTuneModel, ctx: ProfileContext, classifier: str) -> float:
     "ID accuracy on the run's validation split (held-out shots or base-class validation), with the run's classifier."
     t, s = ctx.suite.id_task, ctx.val
     names = t.classnames if ctx.classes is None else [t.classnames[c] for c in ctx.classes]
@@ -325,7 +325,7 @@ def val_accuracy(model: FineTuneModel, ctx: Context, classifier: str) -> float:
     return acc
 
 # %% ../nbs/26_paper_experiments.ipynb #fecc2b6b
-def _base_novel(model, ctx: Context, classes_base, classes_novel) -> tuple[dict, dict]:
+def _base_novel(model, ctx: ProfileContext, classes_base, classes_novel) -> tuple[dict, dict]:
     "Accuracy on base-class and novel-class test images, each with a head of its own classes only (and per-example correctness)."
     t = ctx.suite.id_task
     out, per = {}, {}
@@ -352,7 +352,7 @@ def reliability_bins(
     return {"conf": mean(conf), "acc": mean(hit), "count": cnt.long().tolist()}
 
 @torch.no_grad()
-def _calibration(model, ctx: Context) -> tuple[float, dict]:
+def _calibration(model, ctx: ProfileContext) -> tuple[float, dict]:
     "ECE (%) of zero-shot classification of the ID test set (the text head at the model's own logit scale), and its bins."
     t = ctx.suite.id_task
     h = text_head(model, class_prompt_tokens(ctx.tok, t.classnames, t.templates))
@@ -362,7 +362,7 @@ def _calibration(model, ctx: Context) -> tuple[float, dict]:
 
 
 def run_one(
-    ctx: Context,  # the profile's context
+    ctx: ProfileContext,  # the profile's context
     spec: dict,  # the run (see above)
     runs_dir: str | Path,  # run folders go to runs_dir/<exp>/<name>
     preds_dir: str | Path | None = None,  # per-example correctness and probe embeddings go to preds_dir/<exp>/<name>.preds.pt
@@ -518,7 +518,7 @@ def run_experiment(
     seeds = [int(s) for s in P.get("seeds", [0])]
     arms, grid = experiment_arms(params, exp), lr_grid(params, exp)
     w = int(params.get("workers", 1) if workers is None else workers)
-    ctx = Context(params, world, pretrained, teacher) if w <= 1 else None
+    ctx = ProfileContext(params, world, pretrained, teacher) if w <= 1 else None
     def run_all(specs):
         args = [(s, str(runs_dir), None if preds_dir is None else str(preds_dir)) for s in specs]
         return [run_one(ctx, *a) for a in args] if w <= 1 else map_in_workers(_job, args, params, world, pretrained, teacher, w)

@@ -15,8 +15,8 @@ import torch
 __all__ = ['PAPER_SOURCE', 'PAPER', 'RUN_NAME', 'SkipTable', 'PAPER_LABEL', 'TABLES', 'DIFFVEC_METHODS', 'FIGURES',
            'PAPER_TABLES', 'PAPER_FIGURES', 'SUMMARY_COLS', 'paper_numbers', 'cite', 'registry', 'paper_rows',
            'paper_value', 'paper_cost_ratio', 'method_order', 'load_records', 'load_sweep', 'fmt_mean_std', 'aggregate',
-           'summarise', 'paired_bootstrap', 'Table', 'table_main', 'table_zeroshot', 'table_geometry', 'table_ablation',
-           'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
+           'summarise', 'paired_bootstrap', 'Table', 'ReportInputs', 'table_main', 'table_zeroshot', 'table_geometry',
+           'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
            'table_significance', 'paper_of', 'method_setting', 'table_unified', 'method_colour', 'save_figure',
            'figure_geometry_rsa', 'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world',
            'diffvec_stats', 'figure_diffvec', 'figure_embedding_geometry', 'table_m2mix', 'table_mps_fewshot',
@@ -330,7 +330,7 @@ _REF_NOTE = (f"Columns '{PAPER_LABEL} ...': the DiVE paper's numbers (CLIP ViT-B
              f"the shape of the result, not for equality; blank where the paper reports none. Source: {PAPER_SOURCE}.")
 
 # %% ../nbs/30_report.ipynb #e8512c2a
-class _Context:
+class ReportInputs:
     "Everything the report reads, loaded once: main runs, sweeps, per-example predictions."
     def __init__(self, metrics_dir, preds_dir=None, n_boot: int = 10000, seed: int = 0):
         self.metrics_dir = Path(metrics_dir)
@@ -379,7 +379,7 @@ class _Context:
         return None
 
 # %% ../nbs/30_report.ipynb #946cb889
-def table_main(ctx: _Context) -> Table:
+def table_main(ctx: ReportInputs) -> Table:
     "ID, each OOD style and the OOD average per method."
     M = ctx.need()
     cols = ["id_acc", *_sub_cols(M, "ood_acc.")]
@@ -389,7 +389,7 @@ def table_main(ctx: _Context) -> Table:
                  "(n runs per method); the paper's ViT-B/16 ImageNet numbers beside, as a reference for the shape.",
                  md, num, [_REF_NOTE])
 
-def table_zeroshot(ctx: _Context) -> Table:
+def table_zeroshot(ctx: ReportInputs) -> Table:
     "Each zero-shot task and the average per method."
     M = ctx.need()
     cols = _sub_cols(M, "zs_acc.")
@@ -401,7 +401,7 @@ def table_zeroshot(ctx: _Context) -> Table:
 
 _GEOM = ["geometry.rsa_img", "geometry.rsa_txt", "geometry.rsa", "geometry.cka", "geometry.modality_gap"]
 
-def table_geometry(ctx: _Context) -> Table:
+def table_geometry(ctx: ReportInputs) -> Table:
     "RSA (image, text, mean), CKA and modality gap of the probe embeddings per method."
     M = ctx.need()
     if "geometry.rsa" not in M.columns: raise _Skip("the records have no geometry")
@@ -423,7 +423,7 @@ def _paired_gain(M: pd.DataFrame, method: str, base: str, col: str) -> tuple[flo
     d = (x.loc[common] - y.loc[common]).dropna()
     return (float(d.mean()) if len(d) else np.nan), (float(d.std(ddof=1)) if len(d) > 1 else np.nan), len(d)
 
-def table_ablation(ctx: _Context) -> Table:
+def table_ablation(ctx: ReportInputs) -> Table:
     "AVL / PVL / both: OOD and ZS gains over FLYP (per-seed differences), with the paper's gains."
     M = ctx.need("flyp")
     variants = [m for m in ("dive_avl", "dive_pvl", "dive") if m in set(M["method"])]
@@ -439,7 +439,7 @@ def table_ablation(ctx: _Context) -> Table:
                  f"differences, mean ± std over {_seeds(sub)}); the paper's gains over FLYP (ViT-B/16) beside.",
                  md, num, [_REF_NOTE])
 
-def table_alpha(ctx: _Context) -> Table:
+def table_alpha(ctx: ReportInputs) -> Table:
     "EMA coefficient of the AVL centre: the alpha sweep plus the dive_alpha0 and dive main runs."
     S, M, parts = ctx.sweep("alpha"), ctx.main, []
     if len(S): parts.append(S.assign(source="sweep", alpha=pd.to_numeric(S["value"], errors="coerce")))
@@ -466,7 +466,7 @@ def table_alpha(ctx: _Context) -> Table:
                  ["The paper reports OOD avg 61.7 (α = 0) vs 62.9 (α = 0.99); the 62.9 differs from its main "
                   "table's 63.2 (the setting may differ). " + _REF_NOTE])
 
-def table_cosine(ctx: _Context) -> Table:
+def table_cosine(ctx: ReportInputs) -> Table:
     "Cosine-similarity structure constraint vs DiVE's difference-vector constraint."
     M = ctx.need("dive_cos", "dive")
     sub = M[M["method"].isin(["flyp", "dive_cos", "dive"])]
@@ -476,7 +476,7 @@ def table_cosine(ctx: _Context) -> Table:
                  f"reference. Accuracy (%) and RSA, mean ± std over {_seeds(sub)}; the paper's RSA beside "
                  "(0.949 vs 0.981).", md, num, [_REF_NOTE])
 
-def table_refsize(ctx: _Context) -> Table:
+def table_refsize(ctx: ReportInputs) -> Table:
     "Reference-set size sweep (the Flickr8K / COCO / CC3M analogue)."
     S = ctx.sweep("refsize")
     if not len(S): raise _Skip("no refsize sweep")
@@ -494,7 +494,7 @@ def table_refsize(ctx: _Context) -> Table:
                   "not found, so no paper column. Source: " + PAPER_SOURCE + "."])
 
 # %% ../nbs/30_report.ipynb #0ec5ae38
-def _curves(ctx: _Context) -> dict[str, dict]:
+def _curves(ctx: ReportInputs) -> dict[str, dict]:
     "Method -> {label, seed, source, curve}: the wise sweep first, then main runs with a curve; smallest seed."
     out = {}
     for df, source in ((ctx.sweep("wise"), "wise sweep"), (ctx.main, "main runs")):
@@ -507,7 +507,7 @@ def _curves(ctx: _Context) -> dict[str, dict]:
                       "curve": sorted(r["curve"], key=lambda p: p["alpha"])}
     return {m: out[m] for m in method_order(out)}
 
-def table_wise(ctx: _Context) -> Table:
+def table_wise(ctx: ReportInputs) -> Table:
     "Weight-interpolation curves as a table: ID, OOD avg, ZS avg and RSA per method and alpha."
     cs = _curves(ctx)
     if not cs: raise _Skip("no run records a WiSE curve (wise sweep, wiseft)")
@@ -526,7 +526,7 @@ def table_wise(ctx: _Context) -> Table:
                   f"{b['ood_avg']} → {a['ood_avg']}, ZS avg {b['zs_avg']} → {a['zs_avg']} with weight ensembling. "
                   f"Source: {PAPER_SOURCE}."])
 
-def table_lam(ctx: _Context) -> Table:
+def table_lam(ctx: ReportInputs) -> Table:
     "λ sweep of DiVE (and of the cosine ablation)."
     S = ctx.sweep("lam")
     if not len(S): raise _Skip("no lam sweep")
@@ -540,7 +540,7 @@ def table_lam(ctx: _Context) -> Table:
                   f"scale (values per λ not found). Source: {PAPER_SOURCE}."])
 
 # %% ../nbs/30_report.ipynb #9127e17a
-def _benchmark(ctx: _Context, name: str = "cost.json") -> pd.DataFrame | None:
+def _benchmark(ctx: ReportInputs, name: str = "cost.json") -> pd.DataFrame | None:
     "The step-time benchmark's rows (benchmarks/step_time.py --json <metrics_dir>/<name>), or None."
     p = ctx.metrics_dir / name
     if not p.exists(): return None
@@ -552,7 +552,7 @@ def _benchmark(ctx: _Context, name: str = "cost.json") -> pd.DataFrame | None:
 def _ratio(x: pd.Series, base: str = "flyp") -> np.ndarray:
     return (x / x.loc[base]).to_numpy() if base in x.index and np.isfinite(x.loc[base]) else np.full(len(x), np.nan)
 
-def table_cost(ctx: _Context) -> Table:
+def table_cost(ctx: ReportInputs) -> Table:
     "Seconds per step (training runs) and the step-time benchmark's time and peak memory, relative to FLYP."
     M, B = ctx.main, _benchmark(ctx)
     has = lambda c: len(M) and c in M.columns and M[c].notna().any()
@@ -629,7 +629,7 @@ def _pooled(pa: dict, pb: dict, prefixes: tuple) -> tuple[np.ndarray, np.ndarray
     if not keys or any(pa[k].shape != pb[k].shape for k in keys): return None
     return np.concatenate([pa[k].reshape(-1) for k in keys]), np.concatenate([pb[k].reshape(-1) for k in keys])
 
-def table_significance(ctx: _Context, target: str = "dive") -> Table:
+def table_significance(ctx: ReportInputs, target: str = "dive") -> Table:
     "DiVE vs each baseline on ID, pooled OOD and pooled ZS: mean ± std over seeds and a paired bootstrap."
     M = ctx.need(target)
     rows = []
@@ -686,7 +686,7 @@ def method_setting(method: str) -> str:
     w = words.get(parts, " + ".join(parts))
     return ("linear head, then " + w) if len(m.phases) > 1 and m.phases[0].train == ("head",) else w
 
-def table_unified(ctx: _Context) -> Table:
+def table_unified(ctx: ReportInputs) -> Table:
     "Every method: ID, OOD avg, ZS avg, RSA, image-to-text R@1, trainable parameters, and what it trains."
     M = ctx.need()
     md, num = _stats(M, [*_ACC, "geometry.rsa", "retrieval.i2t_r1", "trainable_params"])
@@ -750,7 +750,7 @@ def _pca_basis(x: np.ndarray, k: int = 2) -> np.ndarray:
     return comps
 
 # %% ../nbs/30_report.ipynb #ebd9d696
-def figure_geometry_rsa(ctx: _Context):
+def figure_geometry_rsa(ctx: ReportInputs):
     "Bar plot of RSA per method (mean ± std over seeds), the paper's RSA as diamonds."
     M = ctx.need()
     if "geometry.rsa" not in M.columns: raise _Skip("the records have no geometry")
@@ -772,7 +772,7 @@ def figure_geometry_rsa(ctx: _Context):
         ax.set_title("Geometry preserved (RSA)")
     return fig
 
-def figure_wise_curves(ctx: _Context):
+def figure_wise_curves(ctx: ReportInputs):
     "ID vs OOD avg and ID vs ZS avg along the weight interpolation, one line per method."
     cs = _curves(ctx)
     if not cs: raise _Skip("no run records a WiSE curve")
@@ -794,7 +794,7 @@ def figure_wise_curves(ctx: _Context):
         axes[1].legend(fontsize=7)
     return fig
 
-def figure_lam_sweep(ctx: _Context):
+def figure_lam_sweep(ctx: ReportInputs):
     "ID, OOD avg, ZS avg and RSA against λ (categorical axis), one line per method."
     S = ctx.sweep("lam")
     if not len(S): raise _Skip("no lam sweep")
@@ -816,7 +816,7 @@ def figure_lam_sweep(ctx: _Context):
         axes[0].legend(fontsize=7)
     return fig
 
-def figure_unified(ctx: _Context):
+def figure_unified(ctx: ReportInputs):
     "ID vs ZS average of every method (mean ± std over seeds), labelled."
     M = ctx.need()
     agg = aggregate(M, ["id_acc", "zs_acc.avg"])
@@ -831,7 +831,7 @@ def figure_unified(ctx: _Context):
         ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # a legend, not overlapping labels
     return fig
 
-def figure_world(ctx: _Context, n: int = 8, seed: int = 0):
+def figure_world(ctx: ReportInputs, n: int = 8, seed: int = 0):
     "The mini world: the same n objects rendered in every style, one row per style."
     try:
         import dive_nb.miniworld as mw
@@ -855,7 +855,7 @@ def figure_world(ctx: _Context, n: int = 8, seed: int = 0):
         ax.set_title("The mini world: one row per style", fontsize=8)
     return fig
 
-def _probe_triplet(ctx: _Context, methods=("flyp", "dive")) -> tuple[tuple, dict]:
+def _probe_triplet(ctx: ReportInputs, methods=("flyp", "dive")) -> tuple[tuple, dict]:
     "(seed, pre-trained probe (img, txt), {method: probe}) for the methods with predictions, seed-matched when possible."
     z = ctx.run_preds("zeroshot")
     if z is None: raise _Skip("no zeroshot run with predictions (the pre-trained probe embeddings)")
@@ -880,7 +880,7 @@ def diffvec_stats(
             "spread": float(np.linalg.norm(w - w.mean(0), axis=1).mean()),  # ‖Δ − mean Δ‖: AVL's quantity
             "pair_gap": float(np.linalg.norm(u - v, axis=1).mean())}  # ‖Δimg − Δtxt‖: PVL's quantity
 
-def figure_diffvec(ctx: _Context):
+def figure_diffvec(ctx: ReportInputs):
     "Per method (mean ± std over seeds): how far the probe pairs moved, and how unequal their difference vectors are."
     z = ctx.run_preds("zeroshot")
     if z is None: raise _Skip("no zeroshot run with predictions (the pre-trained probe embeddings)")
@@ -908,7 +908,7 @@ def figure_diffvec(ctx: _Context):
                      f"mean ± std over seeds", fontsize=8)
     return fig
 
-def figure_embedding_geometry(ctx: _Context, n_lines: int = 30):
+def figure_embedding_geometry(ctx: ReportInputs, n_lines: int = 30):
     "2-D PCA (the pre-trained model's axes) of the probe image and text embeddings before and after fine-tuning."
     pre, got = _probe_triplet(ctx)
     panels = {"pre-trained (zeroshot)": pre, **{f"{m} (seed {s})": e for m, (s, e) in got.items()}}
@@ -956,7 +956,7 @@ FIGURES = {"geometry_rsa": figure_geometry_rsa, "wise_curves": figure_wise_curve
            "embedding_geometry": figure_embedding_geometry}
 
 # %% ../nbs/30_report.ipynb #14bdab68
-def _papers(ctx: _Context, exp: str, key: str = "rows") -> pd.DataFrame:
+def _papers(ctx: ReportInputs, exp: str, key: str = "rows") -> pd.DataFrame:
     "The final rows (or 'selection' rows) of one paper experiment, or _Skip when it has not run."
     p = ctx.metrics_dir / "papers" / f"{exp}.json"
     if not p.exists(): raise _Skip(f"no {p}")
@@ -990,7 +990,7 @@ def _arm_table(D: pd.DataFrame, spec: dict, digits: dict | None = None) -> tuple
 def _lr(D: pd.DataFrame) -> list[str]:
     return [_fmt_value(v) if pd.notna(v) else "" for v in D.groupby("arm", sort=False)["lr"].first()] if "lr" in D else []
 
-def table_m2mix(ctx: _Context) -> Table:
+def table_m2mix(ctx: ReportInputs) -> Table:
     "m²-mix's setting: fine-tuning on image-caption pairs of a new distribution; retrieval, alignment / uniformity, ECE, arithmetic."
     D = _papers(ctx, "m2mix")
     md, num = _arm_table(D, {"arm": "arm", "pairs.i2t_r1": "i2t R@1", "pairs.t2i_r1": "t2i R@1", "pairs.alignment": "alignment",
@@ -1001,7 +1001,7 @@ def table_m2mix(ctx: _Context) -> Table:
                  f"experiment's test pairs, alignment and uniformity of those pairs (lower is better), ECE of the zero-shot ID "
                  f"head, embedding arithmetic, OOD average; mean ± std over {_seeds(D)}; lr selected on validation pairs.", md, num)
 
-def table_mps_fewshot(ctx: _Context) -> Table:
+def table_mps_fewshot(ctx: ReportInputs) -> Table:
     "MPS-Tuning's few-shot table: ID accuracy per K and method (mean ± std over seeds), and the OOD average at the largest K."
     D = _papers(ctx, "mps")
     D = D[D.get("variant", pd.Series(index=D.index, dtype=object)) == "main"]
@@ -1022,7 +1022,7 @@ def table_mps_fewshot(ctx: _Context) -> Table:
                  f"generalisation (OOD average, trained on photos) at K = {K}; mean ± std over {_seeds(D)} (each seed draws "
                  f"its own shots); lr selected at K = {K} on a held-out 16-shot validation set (figure mps_fewshot.png).", md, num)
 
-def table_mps_ablation(ctx: _Context) -> Table:
+def table_mps_ablation(ctx: ReportInputs) -> Table:
     "MPS-Tuning's component ablation (CE, + Gram, + sculpt, full) and global / local Gram ablation, at the largest K."
     D = _papers(ctx, "mps")
     D = D[D["shots"].notna()]
@@ -1036,7 +1036,7 @@ def table_mps_ablation(ctx: _Context) -> Table:
                  f"sculpting) and the two Gram terms, each at the full method's learning rate; accuracy (%), RSA to the "
                  f"pre-trained model; mean ± std over {_seeds(A)}.", md, num)
 
-def table_promptot(ctx: _Context) -> Table:
+def table_promptot(ctx: ReportInputs) -> Table:
     "Prompt-OT's base-to-novel table, with cross-task transfer and domain generalisation of the same prompts."
     D = _papers(ctx, "promptot")
     md, num = _arm_table(D, {"variant": "method", "base_acc": "base", "novel_acc": "novel", "hm": "HM",
@@ -1048,7 +1048,7 @@ def table_promptot(ctx: _Context) -> Table:
                  f"'no ot' is Prompt-OT with the OT weight at 0; 'pre-trained' is the zero-shot model; mean ± std over "
                  f"{_seeds(D)}; lr selected on base-class validation images (figure promptot_base2novel.png).", md, num)
 
-def table_csaligner(ctx: _Context) -> Table:
+def table_csaligner(ctx: ReportInputs) -> Table:
     "CS-Aligner's setting: adapters on pairs, InfoNCE vs + CS, modality gap, unpaired data, several captions."
     D = _papers(ctx, "csaligner")
     md, num = _arm_table(D, {"setting": "setting", "pairs.i2t_r1": "i2t R@1", "pairs.t2i_r1": "t2i R@1",
@@ -1059,7 +1059,7 @@ def table_csaligner(ctx: _Context) -> Table:
                  f"centroids) of the probe set; then the unpaired-data and several-captions runs at the rate selected for "
                  f"InfoNCE + CS; mean ± std over {_seeds(D)} (figure csaligner_pairs.png).", md, num)
 
-def table_papers_selection(ctx: _Context) -> Table:
+def table_papers_selection(ctx: ReportInputs) -> Table:
     "What each paper experiment's selection saw: the validation score of every selected arm at every learning rate."
     parts = []
     for exp in ("m2mix", "mps", "promptot", "csaligner"):
@@ -1083,7 +1083,7 @@ def _bars(ax, labels: list[str], groups: dict, colours: list, ylabel: str):
         ax.bar(x + (i - (len(groups) - 1) / 2) * w, m, w, yerr=np.nan_to_num(s), capsize=2, color=c, label=lab)
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7); ax.set_ylabel(ylabel)
 
-def figure_mps_fewshot(ctx: _Context):
+def figure_mps_fewshot(ctx: ReportInputs):
     "ID accuracy vs K shots per method (log-2 axis), mean ± std over seeds."
     D = _papers(ctx, "mps")
     D = D[D["variant"] == "main"]
@@ -1096,7 +1096,7 @@ def figure_mps_fewshot(ctx: _Context):
         ax.set_title(f"Few-shot ID accuracy ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
-def figure_promptot(ctx: _Context):
+def figure_promptot(ctx: ReportInputs):
     "Base, novel and harmonic-mean accuracy of each Prompt-OT arm, mean ± std over seeds."
     S = _arm_stats(_papers(ctx, "promptot"), ["base_acc", "novel_acc", "hm"])
     with _style():
@@ -1106,7 +1106,7 @@ def figure_promptot(ctx: _Context):
         ax.set_title(f"Base-to-novel ({_seeds(_papers(ctx, 'promptot'))})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
-def figure_csaligner_pairs(ctx: _Context):
+def figure_csaligner_pairs(ctx: ReportInputs):
     "R@1 both ways of each CS-Aligner arm (InfoNCE vs + CS, unpaired data, several captions), mean ± std over seeds."
     D = _papers(ctx, "csaligner")
     S = _arm_stats(D, ["pairs.i2t_r1", "pairs.t2i_r1"])
@@ -1128,7 +1128,7 @@ def _reliability_curve(R: pd.DataFrame) -> tuple:
     sd = np.sqrt(np.nansum((acc - mean) ** 2, 0) / np.maximum(n - 1, 1))
     return np.nansum(conf, 0) / np.isfinite(conf).sum(0), mean, np.where(n > 1, sd, 0.0)
 
-def figure_m2mix_reliability(ctx: _Context):
+def figure_m2mix_reliability(ctx: ReportInputs):
     "Reliability diagram of the zero-shot ID head: accuracy against confidence per bin, mean ± std over seeds."
     D = _papers(ctx, "m2mix")
     if "reliability" not in D: raise _Skip("papers/m2mix.json has no reliability bins")
@@ -1145,7 +1145,7 @@ def figure_m2mix_reliability(ctx: _Context):
         ax.set_title(f"m²-mix: calibration of the zero-shot ID head ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
-def figure_csaligner_gap(ctx: _Context, n_lines: int = 30):
+def figure_csaligner_gap(ctx: ReportInputs, n_lines: int = 30):
     "Probe image and text embeddings before and after the adapters (first seed), on each model's own gap axis."
     D = _papers(ctx, "csaligner")
     if ctx.preds_dir is None: raise _Skip("no preds_dir")
@@ -1171,7 +1171,7 @@ FIGURES.update({"mps_fewshot": figure_mps_fewshot, "promptot_base2novel": figure
 PAPER_FIGURES = ("mps_fewshot", "promptot_base2novel", "csaligner_pairs", "m2mix_reliability", "csaligner_gap")  # need metrics/<profile>/papers/
 
 # %% ../nbs/30_report.ipynb #e11bc359
-def _mean_curves(ctx: _Context) -> dict[str, dict]:
+def _mean_curves(ctx: ReportInputs) -> dict[str, dict]:
     "Method -> {label, n, alpha, id, ood}: the WiSE-FT curves of the main runs, averaged over the seeds that record one."
     M, out = ctx.main, {}
     if not len(M) or "curve" not in M.columns: return out
@@ -1183,7 +1183,7 @@ def _mean_curves(ctx: _Context) -> dict[str, dict]:
                   "alpha": g.index.to_numpy(), "id": g["id_acc"].to_numpy(), "ood": g["ood_avg"].to_numpy()}
     return out
 
-def figure_id_vs_ood(ctx: _Context):
+def figure_id_vs_ood(ctx: ReportInputs):
     "Effective robustness (Taori et al. 2020; WiSE-FT): every method's ID vs OOD average (mean ± std over seeds) and the WiSE-FT curves."
     M = ctx.need()
     agg = aggregate(M, ["id_acc", "ood_acc.avg"])
@@ -1230,7 +1230,7 @@ def stage_durations(
                      "end": meta.get("end_time")})
     return pd.DataFrame(rows, columns=["stage", "group", "seconds", "end"])
 
-def table_timing(ctx: _Context) -> Table:
+def table_timing(ctx: ReportInputs) -> Table:
     "Seconds per group of stages (from the executed notebooks) and the totals."
     ex = ctx.metrics_dir.parent.parent / "executed" / ctx.metrics_dir.name
     D = stage_durations(ex)
@@ -1272,7 +1272,7 @@ def build_report(
     tdir, fdir = _profile_dir(tables_dir, profile), _profile_dir(figures_dir, profile)
     unknown = sorted(set(only or ()) - set(TABLES) - set(FIGURES))
     if unknown: raise ValueError(f"only: unknown name(s) {unknown}; tables {list(TABLES)}, figures {list(FIGURES)}")
-    ctx = _Context(metrics_dir, preds_dir, n_boot=n_boot, seed=seed)
+    ctx = ReportInputs(metrics_dir, preds_dir, n_boot=n_boot, seed=seed)
     say = print if verbose else (lambda *a, **k: None)
     written, skipped = [], []
     for name, fn in TABLES.items():

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, re
 from pathlib import Path
-from .experiment import Context, finetune_many, evaluate_run, load_params
+from .experiment import ProfileContext, finetune_many, evaluate_run, load_params
 from .methods import get_method
 
 # %% auto #0
@@ -52,7 +52,7 @@ def choose_lr(
     return min(v for v, a in val_acc.items() if a >= val_acc[best] - se)
 
 # %% ../nbs/24_selection.ipynb #1ab35364
-def _scores(ctx: Context, world, jobs: list, workers: int) -> list[float]:
+def _scores(ctx: ProfileContext, world, jobs: list, workers: int) -> list[float]:
     "ID validation accuracy of each (method, seed, run_dir, overrides) job: trained `workers` at a time, then evaluated."
     finetune_many(ctx.params, world, ctx.pretrained, ctx.teacher_dir, jobs, workers=workers, ctx=ctx)
     return [evaluate_run(ctx, m, s, d, overrides=o)["id_val_acc"] for m, s, d, o in jobs]
@@ -67,7 +67,7 @@ def select(
     lrs, weights = sel.get("lr", [2.5e-4, 5e-4, 1e-3]), sel.get("weight", [0.3, 1.0, 3.0, 10.0])
     tol, seed, rule = float(sel.get("tolerance", 1.0)), int(sel.get("seed", 0)), sel.get("lr_rule", "best")
     workers = int(params.get("workers", 1))
-    ctx, rows, chosen, out = Context(params, world, pretrained, teacher), [], {}, Path(out)
+    ctx, rows, chosen, out = ProfileContext(params, world, pretrained, teacher), [], {}, Path(out)
     groups, W = lr_groups(), weighted()
     want = set(methods or [m for g in groups.values() for m in g])
     bases = [b for b, members in groups.items() if want & set(members)]

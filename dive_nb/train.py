@@ -153,7 +153,7 @@ def train(
     pre_ref: tuple[torch.Tensor, torch.Tensor] | None = None,  # cached frozen (image, text) embeddings of `reference`
     out_dir: str | Path | None = None,  # checkpoints, final weights and log go here
     resume: bool = True,  # continue from out_dir/ckpt.pt when it exists
-    fingerprint: str = "",  # what the run trains on (`Context.fingerprint`: pre-trained weights + data); part of the resume key
+    fingerprint: str = "",  # what the run trains on (`ProfileContext.fingerprint`: pre-trained weights + data); part of the resume key
     on_stale: str = "error",  # a checkpoint of another configuration or data: 'error' (stop, say so) or 'restart' (discard it, train from step 0)
 ) -> dict:  # {'log': [...], 'sec_per_step': float, 'peak_rss_mb': float, 'steps': int}
     "Fine-tune `model` with `method`'s phases and terms (one loop for every method)."

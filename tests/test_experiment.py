@@ -83,9 +83,9 @@ def test_paper_experiments_end_to_end(tiny):
 
 
 def _train(tiny, method, name, **over):
-    from dive_nb.experiment import Context, finetune
+    from dive_nb.experiment import ProfileContext, finetune
     params, world, pre, teacher, d = tiny
-    ctx = Context(params, world, pre, teacher)
+    ctx = ProfileContext(params, world, pre, teacher)
     model = finetune(ctx, method, 0, d / "opts" / name, {"steps": 3, **over})
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, \
         __import__("json").loads((d / "opts" / name / "train_log.json").read_text())["log"]
@@ -123,10 +123,10 @@ def test_grad_checkpointing_and_bf16(tiny):
 def test_grad_checkpointing_engages(tiny, monkeypatch):
     "enable_grad_checkpointing really routes every block of both towers through torch's checkpoint."
     import open_clip.transformer as T
-    from dive_nb.experiment import Context
+    from dive_nb.experiment import ProfileContext
     from dive_nb.train import enable_grad_checkpointing
     params, world, pre, teacher, d = tiny
-    model = Context(params, world, pre, teacher).model()
+    model = ProfileContext(params, world, pre, teacher).model()
     calls = []
     orig = T.checkpoint
     monkeypatch.setattr(T, "checkpoint", lambda *a, **k: calls.append(1) or orig(*a, **k))
@@ -164,7 +164,7 @@ def test_cli_run_under_two_processes(tiny, tmp_path):
 
 def test_select_applies_the_rule_to_every_candidate(tiny):
     "dive-nb select: every (method, lr) and (method, weight) candidate is trained and scored; the choices follow the rule."
-    from dive_nb.experiment import Context, evaluate_run
+    from dive_nb.experiment import ProfileContext, evaluate_run
     from dive_nb.selection import select, choose_weight
     params, world, pre, teacher, d = tiny
     params = {**params, "workers": 2, "select": {"seed": 0, "lr": [1e-4, 1e-2], "weight": [0.1, 10.0], "tolerance": 1.0}}
@@ -172,7 +172,7 @@ def test_select_applies_the_rule_to_every_candidate(tiny):
     got = {(r["method"], r["knob"], r["value"]): r["id_val_acc"] for r in rows}
     assert {(m, "lr", v) for m in ("lp", "ft", "lpft", "flyp") for v in (1e-4, 1e-2)} | {("dive", "lam", w) for w in (0.1, 10.0)} == set(got)
     # each score is the run's own ID validation accuracy (the run folder is re-evaluated here in this process)
-    ctx = Context(params, world, pre, teacher)
+    ctx = ProfileContext(params, world, pre, teacher)
     assert evaluate_run(ctx, "ft", 0, d / "select" / "ft-lr0.01", overrides={"lr": 0.01})["id_val_acc"] == got["ft", "lr", 0.01]
     for b, members in (("lp", ["lp"]), ("ft", ["ft"]), ("lpft", ["lpft"]), ("flyp", ["flyp", "dive", "dive_avl"])):
         best = max((1e-4, 1e-2), key=lambda v: got[b, "lr", v])

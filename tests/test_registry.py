@@ -31,7 +31,7 @@ def test_selection_plans_and_chooses_for_the_toy(toy, monkeypatch):
     # the selection itself, with training replaced by fixed ID validation scores (flyp's lr 1e-3 wins; toy's weights
     # cost 0, 0.5 and 3 points of FLYP's accuracy, so the largest within the 1-point tolerance is 0.3)
     score = {"flyp-lr0.0001": 80.0, "flyp-lr0.001": 85.0, "toy-w0.1": 85.0, "toy-w0.3": 84.5, "toy-w1": 82.0}
-    monkeypatch.setattr(selection, "Context", lambda *a, **k: SimpleNamespace(suite=SimpleNamespace(id_val=[0] * 100)))
+    monkeypatch.setattr(selection, "ProfileContext", lambda *a, **k: SimpleNamespace(suite=SimpleNamespace(id_val=[0] * 100)))
     monkeypatch.setattr(selection, "_scores", lambda ctx, world, jobs, workers: [score[j[2].name] for j in jobs])
     params = {"select": {"lr": [1e-4, 1e-3], "weight": [0.1, 0.3, 1.0], "tolerance": 1.0}, "workers": 1}
     chosen, rows = selection.select(params, None, None, None, "/nonexistent", methods=["flyp", "toy"])

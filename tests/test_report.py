@@ -510,9 +510,9 @@ def test_world_figure_skips_without_miniworld(tmp_path, monkeypatch, capsys):
 
 def test_diffvec_figure_separates_dive_from_flyp(built):
     "The figure's statistics: DiVE's difference vectors (one translation) are equal and paired, FLYP's are not."
-    from dive_nb.report import _Context, _probe_triplet, diffvec_stats
+    from dive_nb.report import ReportInputs, _probe_triplet, diffvec_stats
     root, metrics, written = built
-    pre, got = _probe_triplet(_Context(metrics))
+    pre, got = _probe_triplet(ReportInputs(metrics))
     st = {m: diffvec_stats(pre, e) for m, (_, e) in got.items()}
     assert st["dive"]["spread"] < 0.1 * st["flyp"]["spread"] and st["dive"]["pair_gap"] < 0.1 * st["flyp"]["pair_gap"], st
     assert st["dive"]["shift"] > 0.5 * st["flyp"]["shift"]  # both moved: the difference is in how, not how far
