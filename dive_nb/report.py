@@ -813,7 +813,16 @@ def figure_lam_sweep(ctx: _Context):
             xs = [values.index(v) for v in sub.index]
             for ax, c in zip(axes, cols):
                 ax.plot(xs, sub[(c, "mean")], "-o", ms=3, color=col, label=m)
+        M = ctx.main
+        ref = aggregate(M[M["method"] == "flyp"], cols, by=["method"]) if len(M) and "flyp" in set(M["method"]) else None
+        for m in ms:  # the λ the ID-validation selection chose for the main runs, marked on each panel
+            sel = list(M.loc[M["method"] == m, "config.hparams.lam"].dropna()) if len(M) and "config.hparams.lam" in M else []
+            lam = next((float(v) for v in sel if v is not None), None)
+            if lam is not None and any(not isinstance(v, str) and abs(float(v) - lam) < 1e-12 for v in values):
+                i = next(k for k, v in enumerate(values) if not isinstance(v, str) and abs(float(v) - lam) < 1e-12)
+                for ax in axes: ax.axvline(i, color=method_colour(m), ls=":", lw=1, label=f"selected λ ({m})")
         for ax, c in zip(axes, cols):
+            if ref is not None: ax.axhline(float(ref[(c, "mean")].iloc[0]), color=method_colour("flyp"), ls="--", lw=1, label="flyp (main runs)")
             ax.set_xticks(range(len(values)), [f"{v:g}" if not isinstance(v, str) else v for v in values], rotation=45)
             ax.set_xlabel("λ (regularisation weight)"); ax.set_title(_label(c), fontsize=8)
             ax.set_ylabel("RSA vs pre-trained" if c == "geometry.rsa" else f"{_label(c)} accuracy (%)")
