@@ -816,10 +816,9 @@ def figure_lam_sweep(ctx: _Context):
         M = ctx.main
         ref = aggregate(M[M["method"] == "flyp"], cols, by=["method"]) if len(M) and "flyp" in set(M["method"]) else None
         for m in ms:  # the λ the ID-validation selection chose for the main runs, marked on each panel
-            sel = list(M.loc[M["method"] == m, "config.hparams.lam"].dropna()) if len(M) and "config.hparams.lam" in M else []
-            lam = next((float(v) for v in sel if v is not None), None)
-            if lam is not None and any(not isinstance(v, str) and abs(float(v) - lam) < 1e-12 for v in values):
-                i = next(k for k, v in enumerate(values) if not isinstance(v, str) and abs(float(v) - lam) < 1e-12)
+            sel = M.loc[M["method"] == m, "config.hparams.lam"].dropna() if len(M) and "config.hparams.lam" in M else []
+            i = next((k for k, v in enumerate(values) if len(sel) and not isinstance(v, str) and abs(float(v) - float(sel.iloc[0])) < 1e-12), None)
+            if i is not None:
                 for ax in axes: ax.axvline(i, color=method_colour(m), ls=":", lw=1, label=f"selected λ ({m})")
         for ax, c in zip(axes, cols):
             if ref is not None: ax.axhline(float(ref[(c, "mean")].iloc[0]), color=method_colour("flyp"), ls="--", lw=1, label="flyp (main runs)")
