@@ -809,7 +809,15 @@ def figure_lam_sweep(ctx: ReportInputs):
             xs = [values.index(v) for v in sub.index]
             for ax, c in zip(axes, cols):
                 ax.plot(xs, sub[(c, "mean")], "-o", ms=3, color=col, label=m)
+        M = ctx.main
+        ref = aggregate(M[M["method"] == "flyp"], cols, by=["method"]) if len(M) and "flyp" in set(M["method"]) else None
+        for m in ms:  # the λ the ID-validation selection chose for the main runs, marked on each panel
+            sel = M.loc[M["method"] == m, "config.hparams.lam"].dropna() if len(M) and "config.hparams.lam" in M else []
+            i = next((k for k, v in enumerate(values) if len(sel) and not isinstance(v, str) and abs(float(v) - float(sel.iloc[0])) < 1e-12), None)
+            if i is not None:
+                for ax in axes: ax.axvline(i, color=method_colour(m), ls=":", lw=1, label=f"selected λ ({m})")
         for ax, c in zip(axes, cols):
+            if ref is not None: ax.axhline(float(ref[(c, "mean")].iloc[0]), color=method_colour("flyp"), ls="--", lw=1, label="flyp (main runs)")
             ax.set_xticks(range(len(values)), [f"{v:g}" if not isinstance(v, str) else v for v in values], rotation=45)
             ax.set_xlabel("λ (regularisation weight)"); ax.set_title(_label(c), fontsize=8)
             ax.set_ylabel("RSA vs pre-trained" if c == "geometry.rsa" else f"{_label(c)} accuracy (%)")

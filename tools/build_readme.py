@@ -32,11 +32,44 @@ def _cell_text(cell) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
+def _csv(path: Path) -> list[dict]:
+    import csv
+    with path.open(encoding="utf-8", newline="") as f: return list(csv.DictReader(f))
+
+
+def at_a_glance(tables_dir: Path = ROOT / "tables" / "mini") -> str:
+    "The verdicts of the regime, claims and worlds tables as a few lines of markdown (computed, never typed)."
+    lines = []
+    if (tables_dir / "regime.csv").exists():
+        R = _csv(tables_dir / "regime.csv")
+        bad = [f"{r['id']} ({r['criterion']})" for r in R if r["pass"] not in ("True", "true", "1")]
+        lines.append(f"- **Regime** (`regime.md`, baselines only): {len(R) - len(bad)} of {len(R)} criteria hold"
+                     + (f"; not met: {'; '.join(bad)}." if bad else "."))
+    if (tables_dir / "claims.csv").exists():
+        C = _csv(tables_dir / "claims.csv")
+        for paper in dict.fromkeys(r["paper"] for r in C):
+            by = {}
+            for r in C:
+                if r["paper"] == paper: by.setdefault(r["verdict"], []).append(r["claim_id"] + (f" {r['metric']}" if r["metric"] not in ("", "-") else ""))
+            judged = sum(len(v) for k, v in by.items() if k not in ("out of scope", "informational"))
+            order = ("reproduced", "not reproduced", "inconclusive", "not run", "out of scope", "informational")
+            lines.append(f"- **{paper}'s claims** (`claims.md`): {len(by.get('reproduced', []))} of {judged} rows reproduced; "
+                         + "; ".join(f"{k}: {', '.join(by[k])}" for k in order if k in by) + ".")
+    if (tables_dir / "worlds.csv").exists():
+        W = _csv(tables_dir / "worlds.csv")
+        for w in dict.fromkeys(r["world"] for r in W):
+            rs = [r for r in W if r["world"] == w]
+            ok = [r["id"] for r in rs if r["result"] in ("pass", "reproduced")]
+            lines.append(f"- **{w}** (`worlds.md`): holds: {', '.join(ok) or 'none'}; does not: "
+                         f"{', '.join(r['id'] + ' (' + r['result'] + ')' for r in rs if r['id'] not in ok) or 'none'}.")
+    return "\n".join(["**At a glance** (computed from the tables below by `tools/build_readme.py`):", "", *lines]) if lines else ""
+
+
 def results_section(tables_dir: Path = ROOT / "tables" / "mini") -> str:
     "Markdown for the results section, built from the report stage's tables."
     if not tables_dir.is_dir() or not any(tables_dir.glob("*.md")):
         return "_No results yet: run `make repro` (the mini profile) to generate `tables/mini/`._"
-    parts = []
+    parts = [g] if (g := at_a_glance(tables_dir)) else []
     names = [n for n in RESULT_TABLES if (tables_dir / f"{n}.md").exists()]
     for n in names:
         parts.append((tables_dir / f"{n}.md").read_text(encoding="utf-8").strip())
