@@ -8,7 +8,7 @@ import json, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .report import paper_numbers
+from .paper_numbers import paper_numbers
 
 # %% auto #0
 __all__ = ['BASELINES', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed', 'wise_ood', 'regime_rows', 'regime_markdown',

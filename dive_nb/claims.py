@@ -63,7 +63,7 @@ def compare_accuracy(
     seed: int = 0,
 ) -> dict:  # delta, ci_low, ci_high, per_seed, n_seeds, verdict
     "a − b + margin in accuracy points, with the per-example paired bootstrap (seeds pooled per example)."
-    from dive_nb.report import paired_bootstrap
+    from dive_nb.stats import paired_bootstrap
     if not preds_a or len(preds_a) != len(preds_b): raise ValueError("need seed-matched predictions of both methods")
     A, B = np.stack([pooled(p, metric) for p in preds_a]), np.stack([pooled(p, metric) for p in preds_b])
     r = paired_bootstrap(A, B, n_boot=n_boot, seed=seed)
@@ -248,7 +248,7 @@ def _arm(rows: pd.DataFrame, **match) -> str | None:
     return None if not len(m) else str(m["arm"].iloc[0])
 
 def _ev(paper: str, key: str) -> str:
-    from dive_nb.report import paper_numbers
+    from dive_nb.paper_numbers import paper_numbers
     return paper_numbers()["other_papers"][paper][key]
 
 def other_claims(records: dict) -> list[ArmClaim]:  # `records`: experiment -> its final rows (a DataFrame), absent if not run
@@ -377,9 +377,9 @@ def claims_frame(
     rows += [judge_effective_robustness(ctx, world), judge_cost(ctx, world)]
     return pd.concat([pd.DataFrame(rows, columns=CLAIM_COLUMNS), other_claims_frame(ctx, world)], ignore_index=True)
 
-def table_claims(ctx):  # -> dive_nb.report.Table
+def table_claims(ctx):  # -> dive_nb.tables.Table
     "The claims table: one row per claim, its evidence and its computed verdict."
-    from dive_nb.report import Table, SkipTable
+    from dive_nb.tables import Table, SkipTable
     if not len(ctx.main): raise SkipTable(f"no main runs in {ctx.metrics_dir}")
     num = claims_frame(ctx)
     f = lambda v, d=2: "" if not np.isfinite(v) else f"{v:.{d}f}"
@@ -408,9 +408,9 @@ def selection_lrs(
     grid = sorted(set(S["value"].astype(float)))
     return grid, {m: float(g.loc[g["id_val_acc"].idxmax(), "value"]) for m, g in S.groupby("method", sort=False)}
 
-def table_regime(ctx):  # -> dive_nb.report.Table
+def table_regime(ctx):  # -> dive_nb.tables.Table
     "R1-R8 and the selection criterion on the main runs' baselines."
-    from dive_nb.report import Table, SkipTable
+    from dive_nb.tables import Table, SkipTable
     from dive_nb.calibration import regime_rows, BASELINES
     M = ctx.main[ctx.main["method"].isin([*BASELINES, "wiseft"])] if len(ctx.main) else ctx.main
     miss = [m for m in BASELINES if m not in set(M["method"] if len(M) else [])]
@@ -423,7 +423,7 @@ def table_regime(ctx):  # -> dive_nb.report.Table
     return Table("regime", f"The fine-tuning regime of the world (baselines only; criteria in nbs/27_calibration.ipynb): "
                  f"{int(num['pass'].sum())} of {len(num)} pass. Means over seeds; CLIP ViT-B/16 on ImageNet beside.", md, num)
 
-from .report import TABLES
+from .tables import TABLES
 TABLES.update({"regime": table_regime, "claims": table_claims})
 
 # %% ../nbs/31_claims.ipynb #35de61af
@@ -449,9 +449,9 @@ def worlds_frame(
             rows.append({"world": w, "id": cl.claim_id, "what": cl.claim, "ours": j["detail"], "result": j["verdict"]})
     return pd.DataFrame(rows, columns=["world", "id", "what", "ours", "result"])
 
-def table_worlds(ctx):  # -> dive_nb.report.Table
+def table_worlds(ctx):  # -> dive_nb.tables.Table
     "The regime criteria and D1-D3 on world 0 (main runs) and on every other world the `worlds` stage ran."
-    from dive_nb.report import Table, SkipTable
+    from dive_nb.tables import Table, SkipTable
     root = Path(ctx.metrics_dir) / "worlds"
     names = sorted(p.name for p in root.glob("world*") if p.is_dir()) if root.is_dir() else []
     if not names: raise SkipTable(f"no other worlds in {root} (stage `worlds`)")

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dive_nb import report, selection
+from dive_nb import figures, paper_numbers, report, selection
 from dive_nb.config import check_params, load_params
 from dive_nb.experiment import sweep_runs
 from dive_nb.methods import METHODS, Method, Phase, register
@@ -60,4 +60,4 @@ def test_every_report_table_shows_the_toy(toy, tmp_path):
     order = [l.split("|")[1].strip() for l in rows[1:]]
     assert order.index("flyp") < order.index("toy") < order.index("dive")  # its `order`, between FLYP's family and DiVE
     assert "Toy paper" in next(l for l in rows if l.startswith("| toy"))  # its paper, not 'baseline'
-    assert report.method_colour("toy") == "#123456" and not report.is_core("toy") and report.is_core("dive")
+    assert figures.method_colour("toy") == "#123456" and not paper_numbers.is_core("toy") and paper_numbers.is_core("dive")

@@ -1,4 +1,4 @@
-"""Black-box tests of dive_nb.report on synthetic run records: loading, mean ± std by hand, the paired bootstrap
+"""Black-box tests of the report (dive_nb.report, .stats, .paper_numbers, .tables, .figures) on synthetic run records: loading, mean ± std by hand, the paired bootstrap
 against exact enumeration and literal index resampling, every table's values, figures, skipping, determinism."""
 import itertools
 import json
@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dive_nb.report import (FIGURES, PAPER, PAPER_FIGURES, paper_rows, PAPER_TABLES, TABLES, aggregate, build_report, fmt_mean_std, load_records,
-                            load_sweep, method_order, paired_bootstrap, paper_cost_ratio, paper_value, summarise)
+from dive_nb.figures import FIGURES, PAPER_FIGURES
+from dive_nb.paper_numbers import PAPER, method_order, paper_cost_ratio, paper_rows, paper_value
+from dive_nb.report import build_report, load_records, load_sweep
+from dive_nb.stats import aggregate, fmt_mean_std, paired_bootstrap, summarise
+from dive_nb.tables import PAPER_TABLES, TABLES
 
 OOD, ZS = ("resampled", "sketch", "inverted"), ("colour", "texture")
 RATES = {"zeroshot": (0.5, 0.4, 0.6), "ft": (0.8, 0.45, 0.35), "wiseft": (0.75, 0.5, 0.45), "flyp": (0.8, 0.5, 0.4),
@@ -510,7 +513,8 @@ def test_world_figure_skips_without_miniworld(tmp_path, monkeypatch, capsys):
 
 def test_diffvec_figure_separates_dive_from_flyp(built):
     "The figure's statistics: DiVE's difference vectors (one translation) are equal and paired, FLYP's are not."
-    from dive_nb.report import ReportInputs, _probe_triplet, diffvec_stats
+    from dive_nb.figures import _probe_triplet, diffvec_stats
+    from dive_nb.report import ReportInputs
     root, metrics, written = built
     pre, got = _probe_triplet(ReportInputs(metrics))
     st = {m: diffvec_stats(pre, e) for m, (_, e) in got.items()}
