@@ -221,8 +221,10 @@ def judge_cost(ctx, world: str = "world 0") -> dict:
 # %% ../nbs/31_claims.ipynb #bb5f72d2
 SETS.update({"R@1 i2t": ("ret_i2t",), "R@1 t2i": ("ret_t2i",), "arithmetic": ("arith",), "novel": ("bn_novel",),
              "base": ("bn_base",)})
+
 ARM_SCALARS = {"ECE": ("ece", -1), "alignment": ("pairs.alignment", -1), "uniformity": ("pairs.uniformity", -1),
                "modality gap": ("geometry.modality_gap", -1), "HM": ("hm", 1), "RSA": ("geometry.rsa", 1)}  # column, sign
+
 ARM_COLUMNS = {"ID": "id_acc", "OOD": "ood_avg", "ZS": "zs_avg", "R@1 i2t": "pairs.i2t_r1", "R@1 t2i": "pairs.t2i_r1",
                "arithmetic": "arith_acc", "novel": "novel_acc", "base": "base_acc",
                **{k: c for k, (c, _) in ARM_SCALARS.items()}}  # metric -> the record column shown as "ours"
@@ -251,64 +253,84 @@ def _ev(paper: str, key: str) -> str:
     from dive_nb.paper_numbers import paper_numbers
     return paper_numbers()["other_papers"][paper][key]
 
-def other_claims(records: dict) -> list[ArmClaim]:  # `records`: experiment -> its final rows (a DataFrame), absent if not run
-    "The 19 in-scope claims of m²-mix, MPS-Tuning, Prompt-OT and CS-Aligner, plus the out-of-scope ones, arms named from the records."
-    C, E = [], lambda k: pd.DataFrame(columns=["arm"]) if k not in records else records[k]
-    r1 = lambda sub, riv, mg=0.0: tuple((f"R@1 {d}", sub, riv, mg) for d in ("i2t", "t2i"))  # both retrieval directions
+# %% ../nbs/31_claims.ipynb #3e0d9a4d
+def _r1(sub: str, riv: str, mg: float = 0.0) -> tuple:
+    "Both retrieval directions: the comparisons (metric, subject, rival, margin) of R@1 image-to-text and text-to-image."
+    return tuple((f"R@1 {d}", sub, riv, mg) for d in ("i2t", "t2i"))
+
+def _m2mix_claims() -> list[ArmClaim]:
+    "m²-mix's claims M1-M6 (pair fine-tuning with m²-mix against the CLIP loss alone)."
     m = "m2mix_pairs"
-    C += [ArmClaim("m²-mix", "M1", "retrieval R@1 above CLIP-loss pair fine-tuning, both directions", "m2mix", r1(m, "clip_pairs"), _ev("m2mix", "M1")),
-          ArmClaim("m²-mix", "M2", "lower ECE than CLIP-loss pair fine-tuning", "m2mix", (("ECE", m, "clip_pairs", 0.0),), _ev("m2mix", "M2")),
-          ArmClaim("m²-mix", "M3", "better alignment and uniformity than CLIP-loss pair fine-tuning", "m2mix",
-                   (("alignment", m, "clip_pairs", 0.0), ("uniformity", m, "clip_pairs", 0.0)), _ev("m2mix", "M3")),
-          ArmClaim("m²-mix", "M4", "zero-shot accuracy under shift (OOD styles) ≥ CLIP-loss pair fine-tuning", "m2mix",
-                   (("OOD", m, "clip_pairs", 1.0),), _ev("m2mix", "M4")),
-          ArmClaim("m²-mix", "M5", "embedding arithmetic (image + text('c′ s') − text('c s')) above CLIP-loss pair fine-tuning",
-                   "m2mix", (("arithmetic", m, "clip_pairs", 0.0),), _ev("m2mix", "M5"), "SIMAT's analogue"),
-          ArmClaim("m²-mix", "M6", "captioning", "m2mix", (), _ev("m2mix", "M6"), "needs a caption decoder", "out of scope")]
-    R = E("mps")
+    return [ArmClaim("m²-mix", "M1", "retrieval R@1 above CLIP-loss pair fine-tuning, both directions", "m2mix", _r1(m, "clip_pairs"), _ev("m2mix", "M1")),
+            ArmClaim("m²-mix", "M2", "lower ECE than CLIP-loss pair fine-tuning", "m2mix", (("ECE", m, "clip_pairs", 0.0),), _ev("m2mix", "M2")),
+            ArmClaim("m²-mix", "M3", "better alignment and uniformity than CLIP-loss pair fine-tuning", "m2mix",
+                     (("alignment", m, "clip_pairs", 0.0), ("uniformity", m, "clip_pairs", 0.0)), _ev("m2mix", "M3")),
+            ArmClaim("m²-mix", "M4", "zero-shot accuracy under shift (OOD styles) ≥ CLIP-loss pair fine-tuning", "m2mix",
+                     (("OOD", m, "clip_pairs", 1.0),), _ev("m2mix", "M4")),
+            ArmClaim("m²-mix", "M5", "embedding arithmetic (image + text('c′ s') − text('c s')) above CLIP-loss pair fine-tuning",
+                     "m2mix", (("arithmetic", m, "clip_pairs", 0.0),), _ev("m2mix", "M5"), "SIMAT's analogue"),
+            ArmClaim("m²-mix", "M6", "captioning", "m2mix", (), _ev("m2mix", "M6"), "needs a caption decoder", "out of scope")]
+
+def _mps_claims(
+    R: pd.DataFrame,  # the final rows of papers.mps (empty when not run): its arms are named from them
+) -> list[ArmClaim]:
+    "MPS-Tuning's claims P1-P5 at the largest K of the few-shot runs."
     shots = sorted(int(k) for k in R["shots"].dropna().unique()) if "shots" in R else []
     K = max(shots) if shots else 16
     a = lambda **kw: _arm(R, **kw) or f"mps ({kw})"
     full, ce = a(method="mps", shots=K, variant="main"), a(variant="ce only")
     gram, sculpt, glob, loc = a(variant="+ gram"), a(variant="+ sculpt"), a(variant="gram global only"), a(variant="gram local only")
-    C += [ArmClaim("MPS-Tuning", "P1", f"few-shot ID accuracy above CoOp and the linear probe at every K ({', '.join(map(str, shots))})",
-                   "mps", tuple(("ID", a(method="mps", shots=k, variant="main"), a(method=r, shots=k, variant="main"), 0.0)
-                                for k in shots for r in ("coop", "lp")), _ev("mps", "P1")),
-          ArmClaim("MPS-Tuning", "P2", f"ablation at K = {K}: CE + MAR and CE + HMS each above CE only, the full objective above both",
-                   "mps", (("ID", gram, ce, 0.0), ("ID", sculpt, ce, 0.0), ("ID", full, gram, 0.0), ("ID", full, sculpt, 0.0)),
-                   _ev("mps", "P2"), "MAR = the Gram terms, HMS = sculpting"),
-          ArmClaim("MPS-Tuning", "P3", f"MAR variants at K = {K}: global only and local only each above none, both above each",
-                   "mps", (("ID", glob, sculpt, 0.0), ("ID", loc, sculpt, 0.0), ("ID", full, glob, 0.0), ("ID", full, loc, 0.0)),
-                   _ev("mps", "P3"), "none = CE + HMS"),
-          ArmClaim("MPS-Tuning", "P4", f"domain generalisation at K = {K}: OOD average above zero-shot's and CoOp's", "mps",
-                   (("OOD", full, a(method="zeroshot"), 0.0), ("OOD", full, a(method="coop", shots=K, variant="main"), 0.0)), _ev("mps", "P4")),
-          ArmClaim("MPS-Tuning", "P5", f"the manifold is kept: RSA to the pre-trained model above CE-only tuning's (K = {K})", "mps",
-                   (("RSA", full, ce, 0.0),), _ev("mps", "P5"))]
-    C += [ArmClaim("Prompt-OT", "O1", "base-to-novel harmonic mean above CoOp's", "promptot", (("HM", "promptot", "coop", 0.0),), _ev("promptot", "O1")),
-          ArmClaim("Prompt-OT", "O2", "novel-class accuracy ≥ the pre-trained model's − 1", "promptot",
-                   (("novel", "promptot", "pretrained", 1.0),), _ev("promptot", "O2")),
-          ArmClaim("Prompt-OT", "O3", "cross-task: the other tasks' zero-shot accuracy after prompt learning above CoOp's", "promptot",
-                   (("ZS", "promptot", "coop", 0.0),), _ev("promptot", "O3")),
-          ArmClaim("Prompt-OT", "O4", "domain generalisation: OOD average above CoOp's", "promptot", (("OOD", "promptot", "coop", 0.0),),
-                   _ev("promptot", "O4"))]
-    S = E("csaligner")
+    return [ArmClaim("MPS-Tuning", "P1", f"few-shot ID accuracy above CoOp and the linear probe at every K ({', '.join(map(str, shots))})",
+                     "mps", tuple(("ID", a(method="mps", shots=k, variant="main"), a(method=r, shots=k, variant="main"), 0.0)
+                                  for k in shots for r in ("coop", "lp")), _ev("mps", "P1")),
+            ArmClaim("MPS-Tuning", "P2", f"ablation at K = {K}: CE + MAR and CE + HMS each above CE only, the full objective above both",
+                     "mps", (("ID", gram, ce, 0.0), ("ID", sculpt, ce, 0.0), ("ID", full, gram, 0.0), ("ID", full, sculpt, 0.0)),
+                     _ev("mps", "P2"), "MAR = the Gram terms, HMS = sculpting"),
+            ArmClaim("MPS-Tuning", "P3", f"MAR variants at K = {K}: global only and local only each above none, both above each",
+                     "mps", (("ID", glob, sculpt, 0.0), ("ID", loc, sculpt, 0.0), ("ID", full, glob, 0.0), ("ID", full, loc, 0.0)),
+                     _ev("mps", "P3"), "none = CE + HMS"),
+            ArmClaim("MPS-Tuning", "P4", f"domain generalisation at K = {K}: OOD average above zero-shot's and CoOp's", "mps",
+                     (("OOD", full, a(method="zeroshot"), 0.0), ("OOD", full, a(method="coop", shots=K, variant="main"), 0.0)), _ev("mps", "P4")),
+            ArmClaim("MPS-Tuning", "P5", f"the manifold is kept: RSA to the pre-trained model above CE-only tuning's (K = {K})", "mps",
+                     (("RSA", full, ce, 0.0),), _ev("mps", "P5"))]
+
+# %% ../nbs/31_claims.ipynb #88b34083
+def _promptot_claims() -> list[ArmClaim]:
+    "Prompt-OT's claims O1-O4 (base-to-novel, cross-task, domain generalisation against CoOp)."
+    return [ArmClaim("Prompt-OT", "O1", "base-to-novel harmonic mean above CoOp's", "promptot", (("HM", "promptot", "coop", 0.0),), _ev("promptot", "O1")),
+            ArmClaim("Prompt-OT", "O2", "novel-class accuracy ≥ the pre-trained model's − 1", "promptot",
+                     (("novel", "promptot", "pretrained", 1.0),), _ev("promptot", "O2")),
+            ArmClaim("Prompt-OT", "O3", "cross-task: the other tasks' zero-shot accuracy after prompt learning above CoOp's", "promptot",
+                     (("ZS", "promptot", "coop", 0.0),), _ev("promptot", "O3")),
+            ArmClaim("Prompt-OT", "O4", "domain generalisation: OOD average above CoOp's", "promptot", (("OOD", "promptot", "coop", 0.0),),
+                     _ev("promptot", "O4"))]
+
+def _csaligner_claims(
+    S: pd.DataFrame,  # the final rows of papers.csaligner (empty when not run): N of the unpaired-data runs
+) -> list[ArmClaim]:
+    "CS-Aligner's claims S1-S6 (S6 out of scope)."
     Ns = sorted(int(x) for x in S["n_pairs"].dropna().unique()) if "n_pairs" in S else []
     N = Ns[0] if Ns else 1000
     one, unp, two = f"paired_{N}", f"paired_{N}_unpaired_{2 * N}", f"paired_{2 * N}"
     multi = next((x for x in S["arm"] if str(x).startswith(f"paired_{N}_captions_")), f"paired_{N}_captions_k") if len(S) else f"paired_{N}_captions_k"
-    C += [ArmClaim("CS-Aligner", "S1", "smaller modality gap than InfoNCE-only alignment", "csaligner", (("modality gap", "nce_cs", "nce", 0.0),),
-                   _ev("csaligner", "S1")),
-          ArmClaim("CS-Aligner", "S2", "retrieval R@1 above InfoNCE-only alignment, both directions", "csaligner", r1("nce_cs", "nce"),
-                   _ev("csaligner", "S2")),
-          ArmClaim("CS-Aligner", "S3", f"{N} paired + {2 * N} unpaired above {N} paired, and ≥ {2 * N} paired", "csaligner",
-                   r1(unp, one) + r1(unp, two, 1.0), _ev("csaligner", "S3"), "the paper's metric is text-to-image FID, ours retrieval R@1"),
-          ArmClaim("CS-Aligner", "S4", "several captions per image in the CS term above one", "csaligner", r1(multi, one), _ev("csaligner", "S4")),
-          ArmClaim("CS-Aligner", "S5", "a token-level CS term (patch vs caption tokens) improves retrieval", "csaligner",
-                   r1("nce_cs_tokens", "nce_cs"), _ev("csaligner", "S5"), "the paper's metric is FID, 12.62 → 12.14; ours retrieval R@1"),
-          ArmClaim("CS-Aligner", "S6", "text-to-image generation FID", "csaligner", (), _ev("csaligner", "S6"),
-                   "needs diffusion decoders and FID over 30K images", "out of scope")]
-    return C
+    return [ArmClaim("CS-Aligner", "S1", "smaller modality gap than InfoNCE-only alignment", "csaligner", (("modality gap", "nce_cs", "nce", 0.0),),
+                     _ev("csaligner", "S1")),
+            ArmClaim("CS-Aligner", "S2", "retrieval R@1 above InfoNCE-only alignment, both directions", "csaligner", _r1("nce_cs", "nce"),
+                     _ev("csaligner", "S2")),
+            ArmClaim("CS-Aligner", "S3", f"{N} paired + {2 * N} unpaired above {N} paired, and ≥ {2 * N} paired", "csaligner",
+                     _r1(unp, one) + _r1(unp, two, 1.0), _ev("csaligner", "S3"), "the paper's metric is text-to-image FID, ours retrieval R@1"),
+            ArmClaim("CS-Aligner", "S4", "several captions per image in the CS term above one", "csaligner", _r1(multi, one), _ev("csaligner", "S4")),
+            ArmClaim("CS-Aligner", "S5", "a token-level CS term (patch vs caption tokens) improves retrieval", "csaligner",
+                     _r1("nce_cs_tokens", "nce_cs"), _ev("csaligner", "S5"), "the paper's metric is FID, 12.62 → 12.14; ours retrieval R@1"),
+            ArmClaim("CS-Aligner", "S6", "text-to-image generation FID", "csaligner", (), _ev("csaligner", "S6"),
+                     "needs diffusion decoders and FID over 30K images", "out of scope")]
 
+def other_claims(records: dict) -> list[ArmClaim]:  # `records`: experiment -> its final rows (a DataFrame), absent if not run
+    "The 19 in-scope claims of m²-mix, MPS-Tuning, Prompt-OT and CS-Aligner, plus the out-of-scope ones, arms named from the records."
+    E = lambda k: pd.DataFrame(columns=["arm"]) if k not in records else records[k]
+    return _m2mix_claims() + _mps_claims(E("mps")) + _promptot_claims() + _csaligner_claims(E("csaligner"))
+
+# %% ../nbs/31_claims.ipynb #22df9f1d
 def judge_arms(
     c: ArmClaim,
     rows: pd.DataFrame | None,  # the experiment's final rows (None: not run)
@@ -344,6 +366,7 @@ def judge_arms(
     fmt = lambda n, r: f"{n}: not run" if r is None else f"{n}: {r['delta']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}] ({r['verdict']})"
     return {**_row(claim, world, ours, comps), "detail": "; ".join(fmt(n, r) for n, r in comps)}
 
+# %% ../nbs/31_claims.ipynb #36b50fdf
 def other_claims_frame(ctx, world: str = "world 0") -> pd.DataFrame:
     "Every claim of the other four papers judged on the `papers` stage's records (CLAIM_COLUMNS)."
     import torch
