@@ -49,6 +49,7 @@ def wise_ood(df: pd.DataFrame, method: str = "ft") -> pd.DataFrame:
         raise ValueError(f"the {method} records carry no WiSE-FT curve (evaluate them with wise=True)")
     return pd.DataFrame({s: {c["alpha"]: c["ood_avg"] for c in cur} for s, cur in zip(d["seed"], d["curve"])})
 
+# %% ../nbs/27_calibration.ipynb #45119040
 def regime_rows(
     df: pd.DataFrame,  # records (dive_nb.report.load_records): zeroshot, lp, ft, lpft, flyp
     lr_grid: list[float] | None = None,  # the searched learning rates (None: the `sel` row is left out)
@@ -99,6 +100,7 @@ def regime_rows(
             all(inside.values()))
     return rows
 
+# %% ../nbs/27_calibration.ipynb #8057be2f
 def regime_markdown(rows: list[dict], title: str) -> str:
     "The regime table as markdown, with how many criteria pass."
     t = pd.DataFrame(rows).assign(**{"pass": lambda d: d["pass"].map({True: "pass", False: "FAIL"})})
