@@ -164,7 +164,7 @@ def table_ablation(ctx: ReportInputs) -> Table:
                  f"differences, mean ± std over {_seeds(sub)}); the paper's gains over FLYP (ViT-B/16) beside.",
                  md, num, [_REF_NOTE])
 
-# %% ../nbs/34_tables.ipynb #9cc79a07
+# %% ../nbs/34_tables.ipynb #894d4c5e
 def table_alpha(ctx: ReportInputs) -> Table:
     "EMA coefficient of the AVL centre: the alpha sweep plus the dive_alpha0 and dive main runs."
     S, M, parts = ctx.sweep("alpha"), ctx.main, []
