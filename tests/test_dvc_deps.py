@@ -102,3 +102,37 @@ def test_vars_in_commands_are_expanded(tmp_path):
     (repo / "dvc.yaml").write_text(text.replace("mkdir -p out && papermill --cwd . -k python3 nbs/one.ipynb", "${pm} nbs/one.ipynb"))
     stage = D._load(repo / "dvc.yaml")["stages"]["one"]
     assert set(D.expected_deps(stage, repo)) >= {"dive_nb/a.py", "dive_nb/b.py", "dive_nb/c.py"}
+
+
+SEEDED = """stages:
+  evaluate:
+    cmd: echo
+    outs:
+      - artifacts/mini/preds/${item.method}
+      - metrics/mini/${item.method}-0.json:
+          cache: false
+      - metrics/mini/${item.method}-1.json:
+          cache: false
+  other:
+    cmd: echo
+    outs:
+      - metrics/mini/zeroshot-0.json:
+          cache: false
+"""
+
+
+def test_per_seed_outs_follow_params_seeds(tmp_path):
+    "The per-seed record outs are one entry per seed of params.yaml: --check fails when they drift, the rewrite fixes them."
+    out = D.seed_outs_text(SEEDED, [0, 1, 2])
+    for stem in ("${item.method}", "zeroshot"):
+        assert [f"metrics/mini/{stem}-{s}.json" in out for s in (0, 1, 2)] == [True] * 3, out
+    assert out.count("cache: false") == 6 and "artifacts/mini/preds/${item.method}" in out
+    assert yaml.safe_load(out)["stages"]["evaluate"]["outs"][1:] == [{f"metrics/mini/${{item.method}}-{s}.json": {"cache": False}} for s in range(3)]
+    assert D.seed_outs_text(out, [5]).count(".json") == 2 and D.seed_outs_text(out, [0, 1, 2]) == out
+    repo = _fake_repo(tmp_path)
+    (repo / "dvc.yaml").write_text((repo / "dvc.yaml").read_text() + SEEDED.replace("stages:\n", ""))
+    (repo / "params.yaml").write_text("seeds: [0, 1, 2]\n")
+    r = _run("--check", root=repo)
+    assert r.returncode == 1 and "per-seed record outs differ" in r.stdout and "[0, 1, 2]" in r.stdout, r.stdout
+    assert _run(root=repo).returncode == 0 and _run("--check", root=repo).returncode == 0
+    assert "zeroshot-2.json" in (repo / "dvc.yaml").read_text()

@@ -18,8 +18,13 @@ lazy imports count per function: `dive-nb check` reaches the imports of the func
 transitively, within cli.py) plus cli's module-level imports, and another module importing cli (experiment.main, a
 forwarder for `python -m dive_nb.experiment`) reaches only cli's module-level imports.
 
-    python tools/dvc_deps.py            rewrite dvc.yaml's dive_nb deps (only those lines change)
+The per-seed record outputs of the evaluation stages (`metrics/mini/<method>-<seed>.json`, one `cache: false` entry
+per seed, since DVC cannot loop inside a stage's outs) are generated too: one entry per seed of params.yaml's `seeds`,
+so the list cannot drift from the seeds a run writes.
+
+    python tools/dvc_deps.py            rewrite dvc.yaml's dive_nb deps and per-seed outs (only those lines change)
     python tools/dvc_deps.py --check    exit 1, one line per stale stage, if a stage's deps miss a module of its closure
+                                        or its per-seed outs differ from params.yaml's seeds
 
 Then `python tools/make_paper_dvc.py` carries the deps to paper/dvc.yaml (`make deps` runs both).
 """
@@ -282,6 +287,38 @@ def rewrite_text(text: str, wanted: dict[str, list[str]]) -> str:
     return "".join(out)
 
 
+SEED_OUT = re.compile(r"^(\s*)- (metrics/[\w.-]+/[^\s/:]+)-(\d+)\.json:\s*$")
+
+
+def seed_outs_text(text: str, seeds: list[int]) -> str:
+    """`text` (a dvc.yaml) with every run of per-seed record outs (`- metrics/<profile>/<name>-<seed>.json:` each
+    followed by its option lines) replaced by one entry per seed of `seeds`, the first entry's options repeated."""
+    lines = text.splitlines(keepends=True)
+    out, i = [], 0
+    while i < len(lines):
+        m = SEED_OUT.match(lines[i])
+        if not m:
+            out.append(lines[i]); i += 1; continue
+        ind, stem = m.group(1), m.group(2)
+        opts, j = [], i + 1
+        while j < len(lines) and len(lines[j]) - len(lines[j].lstrip()) > len(ind) and lines[j].strip():
+            opts.append(lines[j]); j += 1
+        while j < len(lines):  # the rest of the run: the same stem, any seed, with its option lines
+            mj = SEED_OUT.match(lines[j])
+            if not (mj and mj.group(1) == ind and mj.group(2) == stem): break
+            j += 1
+            while j < len(lines) and len(lines[j]) - len(lines[j].lstrip()) > len(ind) and lines[j].strip(): j += 1
+        for sd in seeds: out += [f"{ind}- {stem}-{int(sd)}.json:\n", *opts]
+        i = j
+    return "".join(out)
+
+
+def _seeds(params: Path) -> list[int] | None:
+    "params.yaml's top-level `seeds` (None without a params file)."
+    import yaml
+    return list((yaml.safe_load(params.read_text()) or {}).get("seeds") or []) if params.exists() else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if a stage's deps miss a module of its import closure")
@@ -292,16 +329,21 @@ def main(argv=None) -> int:
     stages = _load(path).get("stages") or {}
     graph = module_graph(root)
     wanted = {n: expected_deps(s, root, graph) for n, s in stages.items()}
+    seeds = _seeds(root / "params.yaml")
+    text = path.read_text()
     if args.check:
         bad = 0
+        if seeds is not None and seed_outs_text(text, seeds) != text:
+            bad += 1
+            print(f"error: dvc.yaml: the per-seed record outs differ from params.yaml seeds {seeds} (run python tools/dvc_deps.py)")
         for n, s in stages.items():
             miss = missing(s, wanted[n])
             if miss:
                 bad += 1
                 print(f"error: stage {n}: deps miss {', '.join(miss)} (run python tools/dvc_deps.py)")
         return 1 if bad else 0
-    text = path.read_text()
     new = rewrite_text(text, {n: w for n, w in wanted.items() if w or any(_is_pkg_dep(d) for d in stages[n].get("deps") or [])})
+    if seeds is not None: new = seed_outs_text(new, seeds)
     if new != text:
         path.write_text(new)
         print(f"wrote {path.relative_to(root) if path.is_relative_to(root) else path}")

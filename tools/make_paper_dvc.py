@@ -51,6 +51,14 @@ def convert(st: dict, name: str) -> dict:
     return out
 
 
+def _dvc_deps():
+    "tools/dvc_deps.py as a module (it generates the per-seed record outs)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("dvc_deps", ROOT / "tools" / "dvc_deps.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
 def doc_vars(doc: dict) -> dict:
     "The dict entries of dvc.yaml's `vars` (the papermill prefix every stage runs under)."
     return {k: v for d in doc.get("vars", []) if isinstance(d, dict) for k, v in d.items()}
@@ -63,6 +71,7 @@ def main() -> None:
            "stages": stages}
     if doc.get("plots"): out["plots"] = [_paper(x) if isinstance(x, str) else {_paper(k): v for k, v in x.items()} for x in doc["plots"]]
     txt = yaml.safe_dump(out, sort_keys=False, width=120)
+    txt = _dvc_deps().seed_outs_text(txt, yaml.safe_load((ROOT / "paper" / "params.yaml").read_text())["seeds"])  # per-seed outs: paper seeds
     (ROOT / "paper" / "dvc.yaml").write_text(HEADER + txt)
     print("wrote paper/dvc.yaml")
 
