@@ -140,7 +140,7 @@ def _tokenizer_for(clip):
     "The tokenizer of a model built by `dive_nb.models.create_model` (the word tokenizer or open_clip's)."
     info = getattr(clip, "dive_nb_info", {}) or {}
     if info.get("vocab"):
-        from dive_nb.models import WordTokenizer
+        from dive_nb.tiny import WordTokenizer
         return WordTokenizer(info["vocab"], context_length=int(clip.positional_embedding.shape[0]))
     if info.get("name"):
         import open_clip
