@@ -35,7 +35,8 @@ setuptools.setup(
     ] + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['dive_nb', 'dive_nb.*']),
-    include_package_data=True,
+    include_package_data=True,  # MANIFEST.in's recursive-include dive_nb *.json
+    package_data={'dive_nb': ['*.json', 'model_configs/*.json']},  # paper_numbers.json, the tiny CLIP configs (dive_nb.tiny)
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + cfg['min_python'],

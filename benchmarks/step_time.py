@@ -77,7 +77,7 @@ def _one(a) -> dict:
     if a.params:  # the pipeline's model (registers its tiny config)
         from dive_nb.experiment import load_params, model_name_of
         a.model = model_name_of(load_params(a.params))
-    from dive_nb.models import TINY_MODELS
+    from dive_nb.tiny import TINY_MODELS
     from dive_nb.miniworld import vocabulary
     clip, _, tok = create_model(a.model, device=a.device, vocab=vocabulary() if a.model in TINY_MODELS else None)
     ctx = int(getattr(clip, "context_length", 16))

@@ -220,7 +220,7 @@ def _open_checkpoint(name: str, pretrained, vocab=None):
         import torch, tempfile
         from dive_nb.export import split_run_state
         if not (p / "model.pt").is_file(): raise CLIError(f"--pretrained {p}: a folder without model.pt (not a finished run)")
-        from dive_nb.models import TINY_MODELS
+        from dive_nb.tiny import TINY_MODELS
         if vocab is None and name in TINY_MODELS:  # a run folder holds no vocabulary: a tiny tower's is the mini world's
             from dive_nb.miniworld import vocabulary
             vocab = vocabulary()
@@ -243,7 +243,8 @@ def cmd_evaluate(args) -> int:
     from dive_nb.experiment import load_suite, model_name_of, image_size_of, rounded
     from dive_nb.evaluate import evaluate, provenance
     from dive_nb.methods import FineTuneModel
-    from dive_nb.models import prepare_images, zeroshot_classifier
+    from dive_nb.models import prepare_images
+    from dive_nb.zeroshot import zeroshot_classifier
     name = args.model or model_name_of(params)
     vocab = None
     if args.vocab: vocab = json.loads(Path(args.vocab).read_text())

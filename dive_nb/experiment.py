@@ -13,8 +13,9 @@ from .methods import FineTuneModel, get_method, METHODS
 import dive_nb.other_methods  # registers the other papers' methods (m2mix, mps, promptot, coop, csaligner)
 from .train import TrainConfig, train, class_prompt_tokens
 from .evaluate import evaluate, encode, provenance
-from .models import (create_model, prepare_images, save_checkpoint, TeacherCache, interpolate_weights,
-                            count_parameters, zeroshot_classifier, model_fingerprint, StaleTeacherCache)
+from .models import create_model, prepare_images, save_checkpoint, interpolate_weights, count_parameters
+from .teacher import TeacherCache, model_fingerprint, StaleTeacherCache
+from .zeroshot import zeroshot_classifier
 
 # %% auto #0
 __all__ = ['WORLD_METHODS', 'resolve_run', 'stage_world', 'model_name_of', 'load_suite', 'image_size_of', 'stage_pretrain',
@@ -60,7 +61,7 @@ def model_name_of(params) -> str:
     m = params.get("model") or {}
     name = m.get("name", "dive-tiny-vit")
     if "tiny" in m:  # e.g. {width: 64, layers: 3} + stem {channels: [16, 32, 64], depth: 2, ...}
-        from dive_nb.models import register_tiny_model, tiny_config
+        from dive_nb.tiny import register_tiny_model, tiny_config
         stem = dict(m["stem"]) if m.get("stem") else None
         if stem and "channels" in stem: stem["channels"] = tuple(stem["channels"])
         t = dict(m["tiny"]); ctx = t.pop("context_length", None)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import torch
-from .models import create_model, TINY_MODELS
+from .models import create_model
+from .tiny import TINY_MODELS
 
 # %% auto #0
 __all__ = ['TRAINING_STATE', 'split_run_state', 'export_run']

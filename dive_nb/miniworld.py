@@ -216,7 +216,48 @@ def _style_probs(styles) -> np.ndarray:
         raise ValueError(f"styles: weights must be >= 0 with a positive sum, got {weights}")
     return p / p.sum()
 
+# %% ../nbs/10_miniworld.ipynb #b21b89ba
+def _redraw_excluded(
+    out: dict[str, np.ndarray],  # the attribute draws; the `colour` array is changed in place
+    rng: np.random.Generator,  # the same generator: the redraws continue its stream
+    exclude_pairs,  # (shape, colour) name pairs that never occur
+) -> None:
+    "Redraw the colour of every row whose (shape, colour) pair is excluded (rejection sampling, vectorised)."
+    sh, co = ATTRIBUTES["shape"], ATTRIBUTES["colour"]
+    try:
+        banned = np.zeros((len(sh), len(co)), bool)
+        for s, c in exclude_pairs:
+            banned[sh.index(s), co.index(c)] = True
+    except (ValueError, TypeError):
+        raise ValueError(f"exclude_pairs: expected (shape, colour) name pairs, got {exclude_pairs!r}") from None
+    if banned.all(1).any():
+        raise ValueError("exclude_pairs: excludes every colour of some shape")
+    bad = banned[out["shape"], out["colour"]]
+    while bad.any():  # rejection sampling, vectorised over the offending rows
+        out["colour"][bad] = rng.integers(0, len(co), int(bad.sum()))
+        bad = banned[out["shape"], out["colour"]]
 
+
+def _draw_nuisances(
+    out: dict[str, np.ndarray],  # the attribute and style draws; the nuisance arrays are added
+    rng: np.random.Generator,  # the same generator: the draws continue its stream
+    n: int,  # rows
+) -> None:
+    "Nuisances: a photo-like distribution, and the shifted one for the `resampled` style."
+    res = out["style"] == STYLES.index("resampled")
+    out["rotation"] = np.where(res, rng.choice(RESAMPLED_ROTATIONS, n), rng.choice(PHOTO_ROTATIONS, n))
+    out["jitter_x"] = np.where(res, rng.integers(-3, 4, n), rng.integers(-2, 3, n))
+    out["jitter_y"] = np.where(res, rng.integers(-3, 4, n), rng.integers(-2, 3, n))
+    out["light_gain"] = np.where(res, rng.uniform(0.6, 1.35, n), rng.uniform(0.85, 1.15, n)).astype(np.float32)
+    out["light_dir"] = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+    out["light_slope"] = np.where(res, rng.uniform(0.2, 0.4, n), rng.uniform(0.0, 0.15, n)).astype(np.float32)
+    out["noise_id"] = rng.integers(0, N_NOISE_FIELDS, n)
+    out["noise_dx"] = rng.integers(0, 1 << 16, n)
+    out["noise_dy"] = rng.integers(0, 1 << 16, n)
+    for k in ("rotation", "jitter_x", "jitter_y"):
+        out[k] = out[k].astype(np.int64)
+
+# %% ../nbs/10_miniworld.ipynb #a794edcd
 def sample_attributes(
     n: int,  # number of images
     rng: np.random.Generator,  # the only source of randomness
@@ -241,19 +282,7 @@ def sample_attributes(
     else:
         out["style"] = rng.choice(len(STYLES), size=n, p=_style_probs(styles)).astype(np.int64)
     if exclude_pairs:
-        sh, co = ATTRIBUTES["shape"], ATTRIBUTES["colour"]
-        try:
-            banned = np.zeros((len(sh), len(co)), bool)
-            for s, c in exclude_pairs:
-                banned[sh.index(s), co.index(c)] = True
-        except (ValueError, TypeError):
-            raise ValueError(f"exclude_pairs: expected (shape, colour) name pairs, got {exclude_pairs!r}") from None
-        if banned.all(1).any():
-            raise ValueError("exclude_pairs: excludes every colour of some shape")
-        bad = banned[out["shape"], out["colour"]]
-        while bad.any():  # rejection sampling, vectorised over the offending rows
-            out["colour"][bad] = rng.integers(0, len(co), int(bad.sum()))
-            bad = banned[out["shape"], out["colour"]]
+        _redraw_excluded(out, rng, exclude_pairs)
     if not set(cue_parts) <= {"texture", "background"} or not cue_parts:
         raise ValueError(f"cue_parts: expected a non-empty subset of ('texture', 'background'), got {cue_parts!r}")
     if not 0.0 <= float(cue_prob) <= 1.0:
@@ -264,19 +293,7 @@ def sample_attributes(
         owner = (out["shape"] + rng.integers(1, k, n)) % k if wrong_cue else out["shape"]
         if "texture" in cue_parts: out["texture"] = np.where(tie, CUE_TEXTURE[owner], out["texture"])
         if "background" in cue_parts: out["background"] = np.where(tie, CUE_BACKGROUND[owner], out["background"])
-    # Nuisances: photo-like distribution, and the shifted one for the `resampled` style.
-    res = out["style"] == STYLES.index("resampled")
-    out["rotation"] = np.where(res, rng.choice(RESAMPLED_ROTATIONS, n), rng.choice(PHOTO_ROTATIONS, n))
-    out["jitter_x"] = np.where(res, rng.integers(-3, 4, n), rng.integers(-2, 3, n))
-    out["jitter_y"] = np.where(res, rng.integers(-3, 4, n), rng.integers(-2, 3, n))
-    out["light_gain"] = np.where(res, rng.uniform(0.6, 1.35, n), rng.uniform(0.85, 1.15, n)).astype(np.float32)
-    out["light_dir"] = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
-    out["light_slope"] = np.where(res, rng.uniform(0.2, 0.4, n), rng.uniform(0.0, 0.15, n)).astype(np.float32)
-    out["noise_id"] = rng.integers(0, N_NOISE_FIELDS, n)
-    out["noise_dx"] = rng.integers(0, 1 << 16, n)
-    out["noise_dy"] = rng.integers(0, 1 << 16, n)
-    for k in ("rotation", "jitter_x", "jitter_y"):
-        out[k] = out[k].astype(np.int64)
+    _draw_nuisances(out, rng, n)
     return out
 
 # %% ../nbs/10_miniworld.ipynb #8b931962
@@ -293,7 +310,7 @@ def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
     v = sum(p[:, :, i:i + h, :] for i in range(k))
     return sum(v[:, :, :, i:i + w] for i in range(k)) / (k * k)
 
-
+# %% ../nbs/10_miniworld.ipynb #610fcdc1
 def _render_chunk(a: dict, size: int) -> np.ndarray:
     "Render one chunk in channel-first float32 (n, 3, S, S); returns uint8 (n, S, S, 3)."
     w = _bank(size)["win"]
@@ -345,7 +362,7 @@ def _render_chunk(a: dict, size: int) -> np.ndarray:
     np.rint(img, out=img)
     return img.astype(np.uint8).transpose(0, 2, 3, 1)
 
-
+# %% ../nbs/10_miniworld.ipynb #54114175
 def _check_attrs(attrs: dict) -> int:
     need = list(ATTRIBUTES) + ["style"] + list(NUISANCES)
     miss = [k for k in need if k not in attrs]
@@ -410,7 +427,7 @@ def _fix_articles(text: str) -> str:
     return " ".join("an" if x == "a" and i + 1 < len(w) and w[i + 1].startswith(_VOWELS) else x
                     for i, x in enumerate(w))
 
-
+# %% ../nbs/10_miniworld.ipynb #1673315d
 def _caption(style, shape, size, colour, texture, position, background, u, p_name: float = P_NAME) -> str:
     "One caption from attribute names/ids and a row `u` of 24 uniform random numbers."
     pick = lambda opts, x: opts[int(x * len(opts))]
@@ -508,6 +525,23 @@ def vocabulary() -> list[str]:
     return sorted({w for t in texts for w in _words(t)})
 
 # %% ../nbs/10_miniworld.ipynb #237786b6
+def _check_world_config(cfg) -> None:
+    "WorldConfig's checks (a ValueError naming the field) and the normalisation of its tuple fields, in place."
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name.startswith("n_") and (not isinstance(v, (int, np.integer)) or v < 0):
+            raise ValueError(f"WorldConfig.{f.name}: expected an int >= 0, got {v!r}")
+    if not 0.0 <= cfg.pretrain_photo_frac <= 1.0:
+        raise ValueError(f"WorldConfig.pretrain_photo_frac: expected a value in [0, 1], got {cfg.pretrain_photo_frac}")
+    for k in ("id_cue_prob", "hard_cue_prob"):
+        if not 0.0 <= getattr(cfg, k) <= 1.0:
+            raise ValueError(f"WorldConfig.{k}: expected a probability in [0, 1], got {getattr(cfg, k)}")
+    cfg.holdout_pairs = tuple(tuple(p) for p in cfg.holdout_pairs)
+    cfg.cue_parts = tuple(cfg.cue_parts)
+    if not cfg.cue_parts or not set(cfg.cue_parts) <= {"texture", "background"}:
+        raise ValueError(f"WorldConfig.cue_parts: expected a non-empty subset of ('texture', 'background'), got {cfg.cue_parts!r}")
+
+# %% ../nbs/10_miniworld.ipynb #6cb86e47
 @dataclass
 class WorldConfig:
     "Sizes and seed of a generated world (defaults: the mini profile)."
@@ -537,19 +571,7 @@ class WorldConfig:
         return cls(**d)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name.startswith("n_") and (not isinstance(v, (int, np.integer)) or v < 0):
-                raise ValueError(f"WorldConfig.{f.name}: expected an int >= 0, got {v!r}")
-        if not 0.0 <= self.pretrain_photo_frac <= 1.0:
-            raise ValueError(f"WorldConfig.pretrain_photo_frac: expected a value in [0, 1], got {self.pretrain_photo_frac}")
-        for k in ("id_cue_prob", "hard_cue_prob"):
-            if not 0.0 <= getattr(self, k) <= 1.0:
-                raise ValueError(f"WorldConfig.{k}: expected a probability in [0, 1], got {getattr(self, k)}")
-        self.holdout_pairs = tuple(tuple(p) for p in self.holdout_pairs)
-        self.cue_parts = tuple(self.cue_parts)
-        if not self.cue_parts or not set(self.cue_parts) <= {"texture", "background"}:
-            raise ValueError(f"WorldConfig.cue_parts: expected a non-empty subset of ('texture', 'background'), got {self.cue_parts!r}")
+        _check_world_config(self)
 
     def mixed_styles(self) -> dict[str, float]:
         "Style weights of the pretraining distribution."
@@ -568,7 +590,7 @@ class WorldConfig:
                    "probe": (self.n_probe, np.arange(self.n_probe) % len(STYLES))})
         return sp
 
-
+# %% ../nbs/10_miniworld.ipynb #051e9895
 SPLITS_WITH_HOLDOUT = ("pretrain", "reference", "retrieval")
 SPLITS_WITH_CUES = ("id_train", "id_val", "id_test", "ood_resampled")  # ImageNet and its re-sampled test set share its context
 SPLITS_WITH_WRONG_CUES = ("ood_noisy",)  # the ImageNet-A analogue: hard photos whose context points to another class
@@ -598,7 +620,7 @@ def encode_images(imgs: np.ndarray) -> list[bytes]:
     head = _ppm_header(imgs.shape[1])
     return [head + x.tobytes() for x in np.ascontiguousarray(imgs)]
 
-
+# %% ../nbs/10_miniworld.ipynb #19edc4f3
 def make_split(
     n: int,  # number of examples
     rng: np.random.Generator,  # the split's generator
@@ -628,7 +650,7 @@ def make_split(
     table = pa.table(cols).cast(f.arrow_schema)
     return hfd.Dataset(InMemoryTable(table), info=hfd.DatasetInfo(description=description, features=f))
 
-
+# %% ../nbs/10_miniworld.ipynb #95dc2a1c
 def build_world(cfg: WorldConfig | None = None):  # -> datasets.DatasetDict
     "Render every split of the world (each from its own seed stream) into a `datasets.DatasetDict`."
     import datasets as hfd
@@ -692,7 +714,7 @@ nuisance values `{', '.join(NUISANCES)}` (never named in captions). The ID label
 ```
 """
 
-
+# %% ../nbs/10_miniworld.ipynb #2e98390f
 def save_world(
     dd,  # datasets.DatasetDict from build_world
     path,  # output directory

@@ -94,7 +94,7 @@ def _wds(name, title, role, repo, size, verified, **kw):
 _IN = dict(classnames="imagenet", templates="openai_imagenet", n_classes=1000)
 _VIEWER = "size and keys from the hub dataset viewer"
 
-DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
+_IMAGENET_SETS = [  # ImageNet (ID train and test) and its OOD variants
     DatasetSpec("imagenet", "ImageNet", "id_train", "hub", "ILSVRC/imagenet-1k", "train", "imagenet/train", "imagefolder",
                 image_keys=("image",), label_key="label", size=1_281_167, gated=True, **_IN,
                 verified="ILSVRC-2012 train count; hub card columns image/label (ClassLabel, 1000)"),
@@ -115,6 +115,10 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
          classnames="objectnet", templates="openai_imagenet", subset="objectnet", n_classes=113,
          extra=("objectnet/mappings",),
          note="needs ObjectNet's mappings/ folder (objectnet-1.0/mappings of the official release) under data_root/objectnet"),
+]
+
+# %% ../nbs/13_paper_data.ipynb #23430685
+_ZEROSHOT_SETS = [  # the zero-shot transfer sets
     _wds("caltech101", "Caltech101", "zeroshot", "wds_vtab-caltech101", 6_084, _VIEWER + " (6.09k)",
          classnames="clip_benchmark:caltech101_vtab", templates="clip_benchmark:caltech101", n_classes=102),
     _wds("flowers102", "Flowers102", "zeroshot", "wds_vtab-flowers", 6_149, "hub id and size unverified",
@@ -136,6 +140,10 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
     DatasetSpec("ucf101", "UCF101", "zeroshot", "none", None, "test", "ucf101", "coop", n_classes=101, size=3_783,
                 classnames="split_file", templates="coop:UCF101", extra=("ucf101/split_zhou_UCF101.json",),
                 verified="no hub mirror found; CoOp layout (UCF-101-midframes + split_zhou_UCF101.json); size unverified"),
+]
+
+# %% ../nbs/13_paper_data.ipynb #da11c305
+_PAIR_SETS = [  # image-caption pairs: reference data and retrieval
     DatasetSpec("cc3m", "CC3M", "reference", "wds", "pixparse/cc3m-wds", "train", "cc3m-wds", "wds",
                 shard_glob="cc3m-train-*.tar", image_keys=("jpg",), label_key=None, caption_key="txt",
                 verified="discussion #4 on the hub: keys jpg + txt, splits train (~2.91M) / validation (13.4k)"),
@@ -148,6 +156,8 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
          label_key=None, caption_key="txt", caption_line=0),
     _wds("flickr8k", "Flickr8k", "reference", "wds_flickr8k", 6_000, _VIEWER + " (train 6k)", split="train",
          label_key=None, caption_key="txt", caption_line=0),
+]
+_WILDS_SETS = [
     # DiVE's WILDS tables: ID train / ID test / OOD test of iWildCam (macro-F1) and FMoW (worst-region accuracy)
     *[DatasetSpec(f"{ds}{suf}", f"{title}{ttl}", role, "none", None, split, f"wilds/{folder}", "wilds", n_classes=k,
                   classnames="wilds", templates=f"wilds:{ds}", metric=metric if role != "id_train" else "acc1",
@@ -156,7 +166,8 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
                                            ("fmow", "FMoW", "fmow_v1.1", 62, "worst_group_acc"))
       for suf, ttl, role, split in (("_train", " (train)", "id_train", "train"), ("_id_test", " (ID test)", "id_test", "id_test"),
                                     ("", " (OOD test)", "ood", "test"))],
-]}
+]
+DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [*_IMAGENET_SETS, *_ZEROSHOT_SETS, *_PAIR_SETS, *_WILDS_SETS]}
 
 # Download sizes (GB), estimates for planning only: the original releases' archive sizes where known, else rough.
 _DOWNLOAD_GB = {"imagenet": 147.0, "imagenet_val": 6.4, "imagenet_v2": 1.3, "imagenet_r": 2.2, "imagenet_a": 0.7,
@@ -437,6 +448,25 @@ def _coop_split_file(folder: Path) -> Path:
     if not files: raise DatasetUnavailable(f"no CoOp split file split_zhou_*.json in {folder}")
     return files[0]
 
+def _templates_of(
+    spec: DatasetSpec,
+    folder: Callable[[], Path],  # the dataset's folder, asked for only when the templates are read from it
+) -> list[str]:  # '{}' templates
+    "Prompt templates of a dataset, from the source its spec names."
+    t = spec.templates
+    if t == "openai_imagenet": tpl = imagenet_templates()
+    elif t.startswith("clip_benchmark:"):
+        tp = clip_benchmark_metadata()[1]
+        key = t.split(":", 1)[1]
+        if key in tp: tpl = [x.replace("{c}", "{}") for x in tp[key]]
+        else: tpl = [x.replace("{c}", "{}") for x in _read_lines(folder() / "zeroshot_classification_templates.txt")]
+    elif t == "mirror": tpl = [x.replace("{c}", "{}") for x in _read_lines(folder() / "zeroshot_classification_templates.txt")]
+    elif t.startswith("wilds:"): tpl = list(WILDS_TEMPLATES[t.split(":", 1)[1]])
+    elif t == "coop:UCF101": tpl = ["a photo of a person doing {}."]  # CoOp, trainers/zsclip.py CUSTOM_TEMPLATES["UCF101"]
+    else: raise ValueError(f"{spec.name}: unknown templates source {t!r}")
+    return tpl
+
+# %% ../nbs/13_paper_data.ipynb #7560b1e4
 def classnames_and_templates(
     spec: DatasetSpec | str,
     data_root: str | os.PathLike | None = None,  # needed for 'mirror', 'split_file' and 'objectnet' sources
@@ -479,21 +509,12 @@ def classnames_and_templates(
         names = [by_label[k] for k in sorted(by_label)]
     else:
         raise ValueError(f"{spec.name}: unknown classnames source {src!r}")
-    t = spec.templates
-    if t == "openai_imagenet": tpl = imagenet_templates()
-    elif t.startswith("clip_benchmark:"):
-        tp = clip_benchmark_metadata()[1]
-        key = t.split(":", 1)[1]
-        if key in tp: tpl = [x.replace("{c}", "{}") for x in tp[key]]
-        else: tpl = [x.replace("{c}", "{}") for x in _read_lines(_folder() / "zeroshot_classification_templates.txt")]
-    elif t == "mirror": tpl = [x.replace("{c}", "{}") for x in _read_lines(_folder() / "zeroshot_classification_templates.txt")]
-    elif t.startswith("wilds:"): tpl = list(WILDS_TEMPLATES[t.split(":", 1)[1]])
-    elif t == "coop:UCF101": tpl = ["a photo of a person doing {}."]  # CoOp, trainers/zsclip.py CUSTOM_TEMPLATES["UCF101"]
-    else: raise ValueError(f"{spec.name}: unknown templates source {t!r}")
+    tpl = _templates_of(spec, _folder)
     if spec.n_classes is not None and len(names) != spec.n_classes:
         raise ValueError(f"{spec.name}: {len(names)} class names from {src!r}, expected {spec.n_classes}")
     return list(names), tpl
 
+# %% ../nbs/13_paper_data.ipynb #80f0beb3
 def imagenet_subset(
     kind: str,  # 'imagenet-a' or 'imagenet-r'
     folder: str | os.PathLike | None = None,  # the mirror's folder: its classnames.txt defines the subset when present
@@ -582,6 +603,7 @@ class LazyImages:
         rows = _rows(rows, self._n)
         return LazyImages(lambda r: self._fetch([rows[i] for i in r]), len(rows), self.size, self.num_workers)
 
+# %% ../nbs/13_paper_data.ipynb #12612d89
 class LazyColumn:
     "A read-only sequence over one column, fetched when indexed."
     def __init__(self, fetch: Callable[[list[int]], list], n: int):
@@ -606,6 +628,35 @@ class LazyTokens:
         caps = self.captions[rows] if isinstance(self.captions, LazyColumn) else [self.captions[i] for i in rows]
         return self.tokenizer(list(caps)).long()
 
+# %% ../nbs/13_paper_data.ipynb #3ea6d1c1
+def _split_labels(
+    n: int,  # rows of the images
+    labels: dict | None,  # column -> (n,) labels
+    captions: Sequence[str] | None,  # n captions, or None
+    tokens,  # n token rows, or None
+) -> dict[str, torch.Tensor]:  # column -> (n,) int64
+    "A LazySplit's label columns as int64 tensors, after checking that every column has one row per image."
+    out = {k: torch.as_tensor(v, dtype=torch.long) for k, v in (labels or {}).items()}
+    for k, v in out.items():
+        if v.ndim != 1 or len(v) != n: raise ValueError(f"label column {k!r} has shape {tuple(v.shape)}, images have {n} rows")
+    if captions is not None and len(captions) != n: raise ValueError(f"{len(captions)} captions for {n} images")
+    if tokens is not None and len(tokens) != n: raise ValueError(f"{len(tokens)} token rows for {n} images")
+    return out
+
+def _subset_text(
+    captions: Sequence[str] | None,  # a LazySplit's captions (a list or a LazyColumn)
+    tokens,  # its tokens (LazyTokens or a tensor), or None
+    rows: list[int],  # the rows kept
+    t: torch.Tensor,  # the same rows as an int64 tensor
+):  # (captions, tokens) of the rows: lazy where they were lazy
+    "The captions and tokens of a lazy view of `rows`."
+    caps = None if captions is None else (captions.subset(rows) if isinstance(captions, LazyColumn)
+                                          else [captions[i] for i in rows])
+    toks = None
+    if tokens is not None:
+        toks = LazyTokens(caps, tokens.tokenizer) if isinstance(tokens, LazyTokens) else tokens[t]
+    return caps, toks
+
 # %% ../nbs/13_paper_data.ipynb #dd079d02
 class LazySplit:
     "A split whose images are decoded on demand; same interface as `dive_nb.data.Split`."
@@ -622,12 +673,7 @@ class LazySplit:
         templates: list[str] | None = None,
         source_id: str = "",  # identity of the underlying data (file list / arrow fingerprint)
     ):
-        n = len(images)
-        self.images, self.labels = images, {k: torch.as_tensor(v, dtype=torch.long) for k, v in (labels or {}).items()}
-        for k, v in self.labels.items():
-            if v.ndim != 1 or len(v) != n: raise ValueError(f"label column {k!r} has shape {tuple(v.shape)}, images have {n} rows")
-        if captions is not None and len(captions) != n: raise ValueError(f"{len(captions)} captions for {n} images")
-        if tokens is not None and len(tokens) != n: raise ValueError(f"{len(tokens)} token rows for {n} images")
+        self.images, self.labels = images, _split_labels(len(images), labels, captions, tokens)
         self.captions, self.tokens, self.name = captions, tokens, name
         self.class_groups, self.classnames, self.templates, self.source_id = class_groups, classnames, templates, source_id
 
@@ -648,11 +694,7 @@ class LazySplit:
     def subset(self, idx) -> "LazySplit":
         "A lazy view of the rows `idx`."
         rows = _rows(idx, len(self)); t = torch.as_tensor(rows, dtype=torch.long)
-        caps = None if self.captions is None else (self.captions.subset(rows) if isinstance(self.captions, LazyColumn)
-                                                   else [self.captions[i] for i in rows])
-        toks = None
-        if self.tokens is not None:
-            toks = LazyTokens(caps, self.tokens.tokenizer) if isinstance(self.tokens, LazyTokens) else self.tokens[t]
+        caps, toks = _subset_text(self.captions, self.tokens, rows, t)
         h = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
         return LazySplit(self.images.subset(rows), {k: v[t] for k, v in self.labels.items()}, caps, toks, name=self.name,
                          class_groups=self.class_groups, classnames=self.classnames, templates=self.templates,
@@ -710,6 +752,7 @@ def from_arrow(
         tokens = LazyTokens(captions, tokenizer) if tokenizer is not None else None
     return LazySplit(images, labels, captions, tokens, name=name, source_id=f"arrow:{ds._fingerprint}")
 
+# %% ../nbs/13_paper_data.ipynb #0350ad29
 _IMG_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 def load_imagefolder(
@@ -758,6 +801,7 @@ def load_webdataset(
                                cache_dir=None if cache_dir is None else str(cache_dir))
     return from_arrow(ds, size, **kw)
 
+# %% ../nbs/13_paper_data.ipynb #e4106628
 def load_coop_split(
     folder: str | os.PathLike,  # holds split_zhou_<Name>.json and the image folder it refers to
     split: str,  # 'train', 'val' or 'test'
@@ -841,6 +885,7 @@ def wilds_classnames(
         return [c.replace("_", " ") for c in sorted(md["category"].unique())]
     raise ValueError(f"unknown WILDS dataset {dataset!r}: expected 'iwildcam' or 'fmow'")
 
+# %% ../nbs/13_paper_data.ipynb #661ae186
 def load_wilds_split(
     folder: str | os.PathLike,  # iwildcam_v2.0 or fmow_v1.1
     dataset: str,  # 'iwildcam' or 'fmow'
@@ -884,7 +929,6 @@ def load_wilds_split(
     return LazySplit(images, {label_name: torch.as_tensor(y, dtype=torch.long), "group": torch.as_tensor(group, dtype=torch.long)},
                      name=name, source_id=f"wilds:{dataset}:{split}:{h}")
 
-
 # %% ../nbs/13_paper_data.ipynb #83b094be
 def check_size(
     spec: DatasetSpec,
@@ -916,33 +960,19 @@ def _to_subset_space(labels: torch.Tensor, subset_idx: torch.Tensor, name: str) 
         raise ValueError(f"{name}: labels {bad} are ImageNet classes outside the {len(subset_idx)}-class subset")
     return out
 
-def load_split(
-    spec: DatasetSpec | str,
-    data_root: str | os.PathLike,
+# %% ../nbs/13_paper_data.ipynb #a1b7ebe9
+def _load_layout(
+    spec: DatasetSpec,
+    fmt: str,  # the layout on disk: 'wds', 'hub', 'arrow', 'imagefolder', 'coop' or 'wilds'
+    folder,  # where the data is (`locate`)
+    data_root,
     size: int,  # the model's input side S
-    *,
-    tokenizer: Callable | None = None,  # for caption sets: captions -> tokens (lazily)
-    strict: bool = True,  # a size mismatch raises (True) or warns (False)
-    cache_dir: str | os.PathLike | None = None,  # datasets' Arrow cache for webdataset shards
-    hub_cache_dir: str | None = None,  # huggingface_hub cache
-    label_name: str = "label",
-    num_workers: int = 0,
-    max_rows: int | None = None,  # keep only the first rows: a head view on disk, or streamed from the hub when absent
-) -> LazySplit:
-    "Load a declared dataset as a LazySplit, with its class subset, class names/templates when available, and size check."
-    spec = _as_specs([spec])[0]
-    folder = locate(spec, data_root, hub_cache_dir)
-    if folder is None and max_rows is not None and spec.hub_id and spec.format in ("wds", "hub") and not _hf_offline():
-        import datasets
-        stream = datasets.load_dataset(spec.hub_id, split=spec.split, streaming=True)
-        sp = head_of_stream(stream, max_rows, size, image_keys=spec.image_keys, cache_dir=cache_dir, label_key=spec.label_key,
-                            label_name=label_name, caption_key=spec.caption_key, caption_line=spec.caption_line,
-                            tokenizer=tokenizer, name=spec.name, num_workers=num_workers)
-        return _finish(sp, spec, data_root, None, label_name, False)
-    if folder is None:
-        check_available([spec], data_root, cache_dir=hub_cache_dir)  # raises with the full message
-    local = spec.folder(data_root)
-    fmt = spec.local_format if (local is not None and folder == local) else spec.format
+    tokenizer: Callable | None,  # for caption sets: captions -> tokens (lazily)
+    cache_dir,  # datasets' Arrow cache for webdataset shards
+    label_name: str,
+    num_workers: int,
+) -> tuple[LazySplit, bool]:  # (the split, whether its labels were relabelled from wnid folders to ImageNet indices)
+    "A declared dataset's rows from its folder, read by the loader of its layout."
     kw = dict(name=spec.name, num_workers=num_workers)
     wnid_space = False
     if fmt == "wds":
@@ -975,10 +1005,42 @@ def load_split(
     else:
         raise NotImplementedError(f"{spec.name}: loading the {fmt!r} layout is not implemented (declaration only); "
                                   f"its metric is {spec.metric}")
+    return sp, wnid_space
+
+# %% ../nbs/13_paper_data.ipynb #aec41a9a
+def load_split(
+    spec: DatasetSpec | str,
+    data_root: str | os.PathLike,
+    size: int,  # the model's input side S
+    *,
+    tokenizer: Callable | None = None,  # for caption sets: captions -> tokens (lazily)
+    strict: bool = True,  # a size mismatch raises (True) or warns (False)
+    cache_dir: str | os.PathLike | None = None,  # datasets' Arrow cache for webdataset shards
+    hub_cache_dir: str | None = None,  # huggingface_hub cache
+    label_name: str = "label",
+    num_workers: int = 0,
+    max_rows: int | None = None,  # keep only the first rows: a head view on disk, or streamed from the hub when absent
+) -> LazySplit:
+    "Load a declared dataset as a LazySplit, with its class subset, class names/templates when available, and size check."
+    spec = _as_specs([spec])[0]
+    folder = locate(spec, data_root, hub_cache_dir)
+    if folder is None and max_rows is not None and spec.hub_id and spec.format in ("wds", "hub") and not _hf_offline():
+        import datasets
+        stream = datasets.load_dataset(spec.hub_id, split=spec.split, streaming=True)
+        sp = head_of_stream(stream, max_rows, size, image_keys=spec.image_keys, cache_dir=cache_dir, label_key=spec.label_key,
+                            label_name=label_name, caption_key=spec.caption_key, caption_line=spec.caption_line,
+                            tokenizer=tokenizer, name=spec.name, num_workers=num_workers)
+        return _finish(sp, spec, data_root, None, label_name, False)
+    if folder is None:
+        check_available([spec], data_root, cache_dir=hub_cache_dir)  # raises with the full message
+    local = spec.folder(data_root)
+    fmt = spec.local_format if (local is not None and folder == local) else spec.format
+    sp, wnid_space = _load_layout(spec, fmt, folder, data_root, size, tokenizer, cache_dir, label_name, num_workers)
     if max_rows is None: check_size(spec, len(sp), strict, str(folder))
     else: sp = sp.head(max_rows)
     return _finish(sp, spec, data_root, folder, label_name, wnid_space)
 
+# %% ../nbs/13_paper_data.ipynb #ff050c8c
 def _finish(sp: LazySplit, spec: DatasetSpec, data_root, folder, label_name: str, wnid_space: bool) -> LazySplit:
     "Class subset (labels in the subset's space, groups), class names and templates."
     if spec.subset in ("imagenet-a", "imagenet-r"):

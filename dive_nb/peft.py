@@ -140,7 +140,7 @@ def _tokenizer_for(clip):
     "The tokenizer of a model built by `dive_nb.models.create_model` (the word tokenizer or open_clip's)."
     info = getattr(clip, "dive_nb_info", {}) or {}
     if info.get("vocab"):
-        from dive_nb.models import WordTokenizer
+        from dive_nb.tiny import WordTokenizer
         return WordTokenizer(info["vocab"], context_length=int(clip.positional_embedding.shape[0]))
     if info.get("name"):
         import open_clip
@@ -158,6 +158,40 @@ def context_init_ids(
     if len(ids) == 0:
         raise ValueError(f"init text {text!r} has no tokens")
     return ids
+
+# %% ../nbs/15_peft.ipynb #cf453498
+def _initial_context(
+    clip: nn.Module,  # open_clip CLIP
+    n_text: int | None,  # context tokens (None: as many as `init_text` has)
+    init_text: str | None,  # initialise from this phrase's token embeddings (None or '': random rows)
+    tokenizer,  # tokenises `init_text` (None: the model's own, see `_tokenizer_for`)
+    std: float,  # scale of the random initialisation
+) -> torch.Tensor:  # (P, text width) float32
+    "The text context's initial value: `init_text`'s token embeddings, or `n_text` rows drawn from N(0, std^2)."
+    emb = clip.token_embedding.weight
+    if init_text:
+        ids = context_init_ids(tokenizer or _tokenizer_for(clip), init_text)
+        if n_text is not None and int(n_text) != len(ids):
+            raise ValueError(f"n_text={n_text} but init_text {init_text!r} has {len(ids)} tokens; pass n_text=None")
+        return emb[ids.to(emb.device)].detach().clone().float()
+    if n_text is None or int(n_text) < 0:
+        raise ValueError(f"without init_text, n_text must be an int >= 0, got {n_text!r}")
+    return torch.randn(int(n_text), emb.shape[1]) * std
+
+
+def _deep_vision(
+    transformer: nn.Module,  # the vision tower's transformer
+    h: torch.Tensor,  # (N, L, w) tokens; the last Q are the visual prompts
+    deep: nn.ParameterList,  # the deep prompts of blocks 1..len(deep), each (Q, w)
+    Q: int,  # visual prompt tokens
+) -> torch.Tensor:  # (N, L, w) after every block
+    "Run the blocks one by one, replacing the Q visual prompts afresh before blocks 1..len(deep) (deep prompts)."
+    for i, blk in enumerate(transformer.resblocks):
+        if 1 <= i <= len(deep):
+            d = deep[i - 1].to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
+            h = torch.cat([h[:, : h.shape[1] - Q], d], dim=1)
+        h = run_blocks(transformer, h, [blk])
+    return h
 
 # %% ../nbs/15_peft.ipynb #ad37aaf0
 class PromptLearner(nn.Module):
@@ -180,16 +214,7 @@ class PromptLearner(nn.Module):
         if int(n_vision) < 0:
             raise ValueError(f"n_vision must be >= 0, got {n_vision!r}")
         wt, wv = clip.token_embedding.weight.shape[1], clip.visual.class_embedding.shape[0]
-        emb = clip.token_embedding.weight
-        if init_text:
-            ids = context_init_ids(tokenizer or _tokenizer_for(clip), init_text)
-            if n_text is not None and int(n_text) != len(ids):
-                raise ValueError(f"n_text={n_text} but init_text {init_text!r} has {len(ids)} tokens; pass n_text=None")
-            ctx = emb[ids.to(emb.device)].detach().clone().float()
-        else:
-            if n_text is None or int(n_text) < 0:
-                raise ValueError(f"without init_text, n_text must be an int >= 0, got {n_text!r}")
-            ctx = torch.randn(int(n_text), wt) * std
+        ctx = _initial_context(clip, n_text, init_text, tokenizer, std)
         P, Q = ctx.shape[0], int(n_vision)
         dt = min(depth, len(clip.transformer.resblocks)) if P else 1
         dv = min(depth, len(clip.visual.transformer.resblocks)) if Q else 1
@@ -225,11 +250,7 @@ class PromptLearner(nn.Module):
         if not len(self.vision_deep) and not manual:
             h = v.transformer(h)
         else:
-            for i, blk in enumerate(v.transformer.resblocks):
-                if 1 <= i <= len(self.vision_deep):
-                    d = self.vision_deep[i - 1].to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
-                    h = torch.cat([h[:, : h.shape[1] - Q], d], dim=1)
-                h = run_blocks(v.transformer, h, [blk])
+            h = _deep_vision(v.transformer, h, self.vision_deep, Q)
         return vision_head(v, h, n_prompts=Q)[0]
 
 # %% ../nbs/15_peft.ipynb #3e0d00ac
@@ -297,7 +318,7 @@ def mps_split(
         raise ValueError(f"need 0 <= n_early, 0 <= n_mid and n_early + n_mid <= {n_layers} blocks, got {e} and {m}")
     return e, m, n_layers - e - m
 
-
+# %% ../nbs/15_peft.ipynb #7a62ff7f
 class MPSBranch(nn.Module):
     "MPS-Tuning's fine-tuned image branch: zero-initialised parallel adapters on frozen middle blocks, trainable copies of the late blocks, ln_post and proj."
 
@@ -340,7 +361,7 @@ class MPSBranch(nn.Module):
         out["ft"], out["ft_tokens"] = vision_head(self, h, tokens=tokens)
         return out
 
-
+# %% ../nbs/15_peft.ipynb #09b6117b
 def _mps_encode_image(self, x):
     br = self.state["mps"]
     o = br(self.clip.visual, x)

@@ -1,5 +1,5 @@
-"""Tests of dive_nb.models from outside the notebook: tokenizer, tiny factory, checkpoints, offline errors,
-WiSE-FT interpolation, zero-shot heads and the teacher cache."""
+"""Tests of dive_nb.tiny, dive_nb.models, dive_nb.zeroshot and dive_nb.teacher from outside the notebooks: tokenizer,
+tiny factory, checkpoints, offline errors, WiSE-FT interpolation, zero-shot heads and the teacher cache."""
 import time
 
 import open_clip
@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dive_nb import models as M
+from dive_nb import models as M, teacher as TC, tiny as T, zeroshot as Z
 
-VOCAB = [f"w{i}" for i in range(M.TINY_VOCAB_SIZE - 3)]
-CFG = M.TINY_MODELS["dive-tiny-vit"]["config"]
+VOCAB = [f"w{i}" for i in range(T.TINY_VOCAB_SIZE - 3)]
+CFG = T.TINY_MODELS["dive-tiny-vit"]["config"]
 D, WIDTH = CFG["embed_dim"], CFG["vision_cfg"]["width"]
 
 
@@ -31,7 +31,7 @@ def batch(tiny):
 
 
 def test_tokenizer_ids_roundtrip_and_eot_is_max():
-    tok = M.WordTokenizer(["a", "red", "square", "on", "grey"], context_length=6)
+    tok = T.WordTokenizer(["a", "red", "square", "on", "grey"], context_length=6)
     ids = tok(["A red square, on grey!", "square"])
     assert ids.tolist() == [[6, 1, 2, 3, 4, 7], [6, 3, 7, 0, 0, 0]]
     assert tok.vocab_size == 8 and tok.eot_token_id == 7 == ids.max()
@@ -43,15 +43,15 @@ def test_tokenizer_ids_roundtrip_and_eot_is_max():
 
 
 def test_tokenizer_unknown_word_named():
-    tok = M.WordTokenizer(["a", "red"])
+    tok = T.WordTokenizer(["a", "red"])
     with pytest.raises(ValueError, match="purple"):
         tok(["a red", "a purple"])
 
 
 def test_tiny_vocab_size_matches_world():
     mw = pytest.importorskip("dive_nb.miniworld")
-    assert M.TINY_VOCAB_SIZE == len(mw.vocabulary()) + 3
-    assert M.WordTokenizer(mw.vocabulary()).vocab_size == M.TINY_VOCAB_SIZE
+    assert T.TINY_VOCAB_SIZE == len(mw.vocabulary()) + 3
+    assert T.WordTokenizer(mw.vocabulary()).vocab_size == T.TINY_VOCAB_SIZE
 
 
 def test_tiny_builds_offline_fast_and_registered():
@@ -59,12 +59,12 @@ def test_tiny_builds_offline_fast_and_registered():
     t0 = time.perf_counter()
     model, preprocess, tok = M.create_model("dive-tiny-vit", vocab=VOCAB)
     assert time.perf_counter() - t0 < 1.0
-    assert isinstance(tok, M.WordTokenizer) and tok.vocab_size == M.TINY_VOCAB_SIZE
+    assert isinstance(tok, T.WordTokenizer) and tok.vocab_size == T.TINY_VOCAB_SIZE
     assert not model.training
 
 
 def test_register_custom_tiny_model():
-    M.register_tiny_model("dive-pytest-tiny", M.tiny_config(width=32, layers=1, context_length=10),
+    T.register_tiny_model("dive-pytest-tiny", T.tiny_config(width=32, layers=1, context_length=10),
                           {"channels": (8, 16, 32), "depth": 2})
     model, _, tok = M.create_model("dive-pytest-tiny", vocab=VOCAB)
     assert "dive-pytest-tiny" in open_clip.list_models() and tok.context_length == 10
@@ -86,8 +86,8 @@ def test_forward_shapes_norms_and_patch_tokens(tiny, batch):
         model.visual.output_tokens = False
     assert tokens.shape == (6, 16, WIDTH)
     torch.testing.assert_close(F.normalize(pooled, dim=-1), out["image_features"])
-    torch.testing.assert_close(M.encode_images(model, imgs, batch_size=4), out["image_features"])
-    torch.testing.assert_close(M.encode_texts(model, toks, batch_size=4), out["text_features"])
+    torch.testing.assert_close(Z.encode_images(model, imgs, batch_size=4), out["image_features"])
+    torch.testing.assert_close(Z.encode_texts(model, toks, batch_size=4), out["text_features"])
 
 
 def test_checkpoint_reload_is_exact(tiny, batch, tmp_path):
@@ -98,7 +98,7 @@ def test_checkpoint_reload_is_exact(tiny, batch, tmp_path):
     assert list(tok2.vocab) == VOCAB
     sd1, sd2 = model.state_dict(), m2.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
-    assert torch.equal(M.encode_images(m2, imgs), M.encode_images(model, imgs))
+    assert torch.equal(Z.encode_images(m2, imgs), Z.encode_images(model, imgs))
 
 
 def test_offline_missing_weights_fail_fast(monkeypatch, tmp_path):
@@ -143,11 +143,11 @@ def test_zeroshot_classifier_recipe():
             v = self.table[tokens].sum(1)
             return F.normalize(v, dim=-1) if normalize else v
 
-    tok = M.WordTokenizer(["a", "photo", "of", "cat", "dog"], context_length=8)
+    tok = T.WordTokenizer(["a", "photo", "of", "cat", "dog"], context_length=8)
     g = torch.Generator().manual_seed(3)
     table = torch.randn(tok.vocab_size, 4, generator=g, dtype=torch.float64)
     table[[0, tok.sot_token_id, tok.eot_token_id]] = 0
-    W = M.zeroshot_classifier(Bag(table.float()), tok, ["cat", "dog"], ["a photo of a {c}", "{}"])
+    W = Z.zeroshot_classifier(Bag(table.float()), tok, ["cat", "dog"], ["a photo of a {c}", "{}"])
     for i, c in enumerate(["cat", "dog"]):
         t1 = table[tok.word_to_id["a"]] * 2 + table[tok.word_to_id["photo"]] + table[tok.word_to_id["of"]] + table[tok.word_to_id[c]]
         t2 = table[tok.word_to_id[c]]
@@ -159,14 +159,14 @@ def test_teacher_cache_roundtrip_and_stale(tiny, batch, tmp_path):
     model, _, tok = tiny
     imgs, caps, _ = batch
     tasks = {"t": {"classnames": ["w1", "w2", "w3"], "templates": ["w0 {c}", "{c}"]}}
-    cache = M.TeacherCache.build(model, tok, imgs, caps, tasks)
+    cache = TC.TeacherCache.build(model, tok, imgs, caps, tasks)
     assert cache.image_emb.shape == (6, D) and cache.class_emb["t"].shape == (3, D)
     path = cache.save(tmp_path / "teacher.pt")
-    back = M.TeacherCache.load(path, model=model)
+    back = TC.TeacherCache.load(path, model=model)
     assert torch.equal(back.image_emb, cache.image_emb) and torch.equal(back.text_emb, cache.text_emb)
     assert torch.equal(back.class_emb["t"], cache.class_emb["t"])
     other = M.create_model("dive-tiny-vit", pretrained=M.save_checkpoint(model, tmp_path / "m.pt"))[0]
     with torch.no_grad():
         other.logit_scale.add_(1e-4)
-    with pytest.raises(M.StaleTeacherCache, match="stale"):
-        M.TeacherCache.load(path, model=other)
+    with pytest.raises(TC.StaleTeacherCache, match="stale"):
+        TC.TeacherCache.load(path, model=other)

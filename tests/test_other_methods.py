@@ -25,7 +25,8 @@ from dive_nb.losses.mixup import m2mix_loss, sample_mix_lambda
 from dive_nb.losses.ot import prompt_ot_loss
 from dive_nb.methods import METHODS, TERMS, FineTuneModel, StepContext, get_method
 from dive_nb.miniworld import TASKS, vocabulary
-from dive_nb.models import create_model, prepare_images, zeroshot_classifier
+from dive_nb.models import create_model, prepare_images
+from dive_nb.zeroshot import zeroshot_classifier
 from dive_nb.train import TrainConfig, class_prompt_tokens, train
 
 NEW = ["m2mix", "m2mix_pairs", "clip_pairs", "mps", "promptot", "coop", "csaligner", "csaligner_adapters"]

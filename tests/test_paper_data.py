@@ -434,7 +434,8 @@ def test_tiny_model_trains_on_lazy_paper_suite(tmp_path):
     "paper_suite over stand-ins (ImageFolder ID, shard OOD, CoOp zero-shot, caption shards) -> 3 DiVE steps."
     from dive_nb.evaluate import encode
     from dive_nb.methods import FineTuneModel, get_method
-    from dive_nb.models import _words, create_model, prepare_images
+    from dive_nb.models import create_model, prepare_images
+    from dive_nb.tiny import _words
     from dive_nb.train import TrainConfig, class_prompt_tokens, train
 
     classes = ["circle", "square", "triangle"]

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from dive_nb.methods import FineTuneModel
 from dive_nb.miniworld import TASKS, vocabulary
-from dive_nb.models import create_model, zeroshot_classifier
+from dive_nb.models import create_model
+from dive_nb.zeroshot import zeroshot_classifier
 from dive_nb.peft import (MPSBranch, PromptLearner, ResidualAdapter, check_vit_clip, context_init_ids, install_adapters,
                           install_mps, install_prompt_learner, mps_split, run_blocks, text_forward, vision_forward,
                           vision_head, vision_stem)

@@ -239,7 +239,8 @@ def _iwildcam(root: Path, n_train: int = 12) -> list[str]:
 def test_readme_run_end_to_end_on_tiny_standins(scratch, monkeypatch):
     """paper/params.yaml with its `iwildcam` variant (README: DiVE's other tables), the model swapped for the tiny tower
     and a local weights file, stand-in data under data.root: `teacher`, then README's run command, writes both records."""
-    from dive_nb.models import TeacherCache, create_model, model_fingerprint, save_checkpoint
+    from dive_nb.models import create_model, save_checkpoint
+    from dive_nb.teacher import TeacherCache, model_fingerprint
     data, weights = scratch / "standin-data", scratch / "weights" / "tiny.pt"
     classes = _iwildcam(data)
     caps = ["a deer in the wild", "an empty photo", "a bird on grass", "a pig at night", "a photo of a bird", "a deer"]

@@ -16,7 +16,7 @@ class TinyCLIP(nn.Module):
 
 def register_c16() -> str:
     "The tests' frozen tiny CLIP (width 96, context 16): the numbers tests assert were measured on it."
-    from dive_nb.models import register_tiny_model, tiny_config
+    from dive_nb.tiny import register_tiny_model, tiny_config
     register_tiny_model("dive-tiny-vit-c16", tiny_config(width=96, context_length=16),
                         {"channels": (32, 64), "depth": 1, "norm": "group", "colour_path": True}, "tests' frozen configuration")
     return "dive-tiny-vit-c16"
@@ -24,6 +24,6 @@ def register_c16() -> str:
 
 def register_plain_c16() -> str:
     "A plain ViT (no conv stem) with the tests' frozen text configuration (context 16)."
-    from dive_nb.models import register_tiny_model, tiny_config
+    from dive_nb.tiny import register_tiny_model, tiny_config
     register_tiny_model("dive-tiny-vit-plain-c16", tiny_config(width=96, context_length=16), None, "tests' frozen configuration")
     return "dive-tiny-vit-plain-c16"
