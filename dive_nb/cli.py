@@ -70,6 +70,7 @@ def describe(e: BaseException) -> str:
 
 # %% ../nbs/29_cli.ipynb #806bb1ac
 def _load(args):
+    "The parameter file of a command, read and validated (with its --methods)."
     from dive_nb.config import load_params
     return load_params(args.params, methods=getattr(args, "methods", None))
 
@@ -105,6 +106,7 @@ def cmd_pretrain(args) -> int:
     stage_pretrain(params, P["world"], out)
     return 0
 
+# %% ../nbs/29_cli.ipynb #7f7656b1
 def _check_weights(params, pretrained) -> None:
     "The paper profile's weights: a file that exists, or an open_clip tag whose weights are cached (or downloadable: online)."
     if Path(str(pretrained)).is_file(): return
@@ -144,6 +146,7 @@ def _check_inputs(args, params, P, teacher: bool = True) -> None:
     from dive_nb.experiment import resolve_device
     resolve_device(params.get("device", "cpu"))
 
+# %% ../nbs/29_cli.ipynb #5c954890
 def cmd_teacher(args) -> int:
     params = _load(args); P = _paths(args, params)
     _check_inputs(args, params, P, teacher=False)
@@ -153,7 +156,6 @@ def cmd_teacher(args) -> int:
     stage_teacher(params, P["world"], P["pretrained"], out)
     return 0
 
-# %% ../nbs/29_cli.ipynb #eceee956
 def cmd_run(args) -> int:
     "Fine-tune and evaluate each method x seed; a finished run is evaluated again, an interrupted one resumes."
     import time
@@ -185,6 +187,7 @@ def cmd_run(args) -> int:
     cleanup_distributed()
     return 0
 
+# %% ../nbs/29_cli.ipynb #eceee956
 def cmd_select(args) -> int:
     "The ID-validation selection rule (nbs/24_selection.ipynb); --write puts the choices into the parameter file."
     import json
@@ -259,6 +262,7 @@ def cmd_evaluate(args) -> int:
     print(f"{name} ({what}): ID {m['id_acc']:.1f} OOD {m['ood_acc']['avg']:.1f} ZS {m['zs_acc']['avg']:.1f} -> {out}")
     return 0
 
+# %% ../nbs/29_cli.ipynb #594f148b
 def cmd_export(args) -> int:
     "Write a run as a plain open_clip state dict + extras (nbs/32_export.ipynb)."
     params = _load(args)
@@ -324,42 +328,51 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=(fn.__doc__ or help_))
-        p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml, the mini profile)")
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
-        if name in ("check", "run", "select", "all"):
-            p.add_argument("--methods", nargs="+", metavar="METHOD", help="registered method names (default: every method in the file's methods section)")
-        if name in ("run", "all"):
-            p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="fine-tuning seeds (default: the file's seeds)")
-        if name == "select": p.add_argument("--write", action="store_true", help="rewrite the chosen values into --params")
-        if name == "check": p.add_argument("--data", action="store_true", help="paper profile: also check every declared dataset under data.root (offline: on disk; online: on disk or downloadable), listing each missing one with how to get it")
-        if name in ("sweep", "papers"):
-            p.add_argument("name", help="the sweep (lam, alpha, refsize, wise)" if name == "sweep" else "the experiment (m2mix, mps, promptot, csaligner)")
-        if name in ("evaluate", "export"):
-            p.add_argument("--model", help="model name (default: the profile's model.name)")
-        if name == "evaluate":
-            p.add_argument("--pretrained", required=True, help="an open_clip tag (e.g. openai), a weights file, or a run folder")
-            p.add_argument("--vocab", help="tiny towers: the vocabulary file written by `dive-nb export` (vocab.json)")
-            p.add_argument("--out", help="record to write (default: <metrics>/<profile>/checkpoints/<name>.json)")
-        if name == "export":
-            p.add_argument("--run", required=True, help="a finished run's folder (with model.pt)")
-            p.add_argument("--out", help="folder to write (default: <run>/open_clip)")
-        if name in ("report", "all"):
-            p.add_argument("--tables", default="tables", help="tables root (default: tables)")
-            p.add_argument("--figures", default="figures", help="figures root (default: figures)")
-        if name != "check":
-            p.add_argument("--root", default="artifacts", help="artifacts root; the profile's name is added (default: artifacts)")
-            p.add_argument("--metrics", default="metrics", help="records root; the profile's name is added (default: metrics)")
-        if name in ("world", "pretrain", "teacher"):
-            p.add_argument("--out", help="output folder of this stage (default: the profile's own under --root)")
-        if name in ("pretrain", "teacher", "run", "select", "evaluate", "sweep", "papers"):
-            p.add_argument("--world", help="the mini world folder, or the paper profile's data root (default: the profile's)")
-        if name in ("teacher", "run", "select", "sweep", "papers"):
-            p.add_argument("--pretrained", help="pre-trained weights: a file, or an open_clip tag (default: the profile's)")
-        if name in ("run", "select", "sweep", "papers"):
-            p.add_argument("--teacher", help="teacher cache folder (default: under --root)")
+        _add_flags(p, name)
         p.set_defaults(func=fn)
     return ap
 
+# %% ../nbs/29_cli.ipynb #08026657
+def _add_flags(
+    p: argparse.ArgumentParser,  # the subcommand's parser
+    name: str,  # the command
+) -> None:
+    "The flags of one command, each with its help."
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml, the mini profile)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+    if name in ("check", "run", "select", "all"):
+        p.add_argument("--methods", nargs="+", metavar="METHOD", help="registered method names (default: every method in the file's methods section)")
+    if name in ("run", "all"):
+        p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="fine-tuning seeds (default: the file's seeds)")
+    if name == "select": p.add_argument("--write", action="store_true", help="rewrite the chosen values into --params")
+    if name == "check": p.add_argument("--data", action="store_true", help="paper profile: also check every declared dataset under data.root (offline: on disk; online: on disk or downloadable), listing each missing one with how to get it")
+    if name in ("sweep", "papers"):
+        p.add_argument("name", help="the sweep (lam, alpha, refsize, wise)" if name == "sweep" else "the experiment (m2mix, mps, promptot, csaligner)")
+    if name in ("evaluate", "export"):
+        p.add_argument("--model", help="model name (default: the profile's model.name)")
+    if name == "evaluate":
+        p.add_argument("--pretrained", required=True, help="an open_clip tag (e.g. openai), a weights file, or a run folder")
+        p.add_argument("--vocab", help="tiny towers: the vocabulary file written by `dive-nb export` (vocab.json)")
+        p.add_argument("--out", help="record to write (default: <metrics>/<profile>/checkpoints/<name>.json)")
+    if name == "export":
+        p.add_argument("--run", required=True, help="a finished run's folder (with model.pt)")
+        p.add_argument("--out", help="folder to write (default: <run>/open_clip)")
+    if name in ("report", "all"):
+        p.add_argument("--tables", default="tables", help="tables root (default: tables)")
+        p.add_argument("--figures", default="figures", help="figures root (default: figures)")
+    if name != "check":
+        p.add_argument("--root", default="artifacts", help="artifacts root; the profile's name is added (default: artifacts)")
+        p.add_argument("--metrics", default="metrics", help="records root; the profile's name is added (default: metrics)")
+    if name in ("world", "pretrain", "teacher"):
+        p.add_argument("--out", help="output folder of this stage (default: the profile's own under --root)")
+    if name in ("pretrain", "teacher", "run", "select", "evaluate", "sweep", "papers"):
+        p.add_argument("--world", help="the mini world folder, or the paper profile's data root (default: the profile's)")
+    if name in ("teacher", "run", "select", "sweep", "papers"):
+        p.add_argument("--pretrained", help="pre-trained weights: a file, or an open_clip tag (default: the profile's)")
+    if name in ("run", "select", "sweep", "papers"):
+        p.add_argument("--teacher", help="teacher cache folder (default: under --root)")
+
+# %% ../nbs/29_cli.ipynb #bd2e8f21
 def main(argv=None) -> int:
     "Console entry point `dive-nb`: run one command; any failure is one line on stderr and a non-zero exit status."
     args = build_parser().parse_args(argv)

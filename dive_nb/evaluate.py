@@ -49,6 +49,7 @@ def text_head(
     e = torch.nn.functional.normalize(e, dim=-1).mean(0)
     return torch.nn.functional.normalize(e, dim=-1)
 
+# %% ../nbs/22_evaluate.ipynb #03a25c38
 def accuracy(
     feats: torch.Tensor,  # (n, d) image features
     head: torch.Tensor,  # (K, d) class weights
@@ -87,6 +88,7 @@ def worst_group_accuracy(
     if not gs: raise ValueError("no group with a non-negative id")
     return 100.0 * min(float(correct[groups == g].float().mean()) for g in gs)
 
+# %% ../nbs/22_evaluate.ipynb #b411927b
 def recall_at_k(
     img: torch.Tensor,  # (n, d) normalised image features; img[i] pairs with txt[i]
     txt: torch.Tensor,  # (n, d) normalised text features
@@ -115,6 +117,7 @@ def geometry_metrics(
     g["uniformity"] = float(uniformity(ft[0]))
     return g
 
+# %% ../nbs/22_evaluate.ipynb #2908cfb5
 def evaluate(
     model: FineTuneModel,
     suite: Suite,

@@ -56,6 +56,7 @@ def stage_world(params: dict, out: str | Path) -> Path:
     print(f"world: {out} in {time.time() - t0:.1f}s")
     return Path(out)
 
+# %% ../nbs/23_experiment.ipynb #7e0d426f
 def model_name_of(params) -> str:
     "The model name of a profile; a tiny config spelled out in `model.tiny` / `model.stem` is registered first."
     m = params.get("model") or {}
@@ -87,7 +88,10 @@ def load_suite(
     if reference_size is not None: suite.reference = suite.reference.head(int(reference_size))
     return suite
 
-def image_size_of(clip) -> int:
+def image_size_of(
+    clip,  # an open_clip CLIP
+) -> int:  # the side of its input images, in pixels
+    "The model's input image side (224 when its visual tower does not say)."
     s = getattr(getattr(clip, "visual", None), "image_size", 224)
     return int(s[0] if isinstance(s, (tuple, list)) else s)
 
@@ -95,6 +99,7 @@ def _tokens(t) -> torch.Tensor:
     "Materialise lazily tokenised captions."
     return t if isinstance(t, torch.Tensor) else t[torch.arange(len(t))]
 
+# %% ../nbs/23_experiment.ipynb #86259d7a
 def stage_pretrain(params: dict, world: str | Path, out: str | Path) -> Path:
     "Pretrain a tiny CLIP from scratch with the CLIP loss on the world's mixed-style pairs (mini profile)."
     from dive_nb import miniworld as mw
@@ -121,6 +126,7 @@ def stage_pretrain(params: dict, world: str | Path, out: str | Path) -> Path:
     print(f"pretrained zero-shot: ID {m['id_acc']:.1f}, OOD {m['ood_acc']}, ZS {m['zs_acc']}")
     return out / "model.pt"
 
+# %% ../nbs/23_experiment.ipynb #217ec6e6
 def stage_teacher(params: dict, world: str | Path, pretrained: str | Path, out: str | Path) -> Path:
     "Cache the frozen pre-trained model's embeddings of the reference pairs, class prompts and probe set."
     clip, _, tok = create_model(model_name_of(params), pretrained=str(pretrained), device=resolve_device(params.get("device", "cpu")))
@@ -202,7 +208,9 @@ class ProfileContext:
         clip, _, _ = create_model(model_name_of(self.params), pretrained=self.pretrained)
         return FineTuneModel(clip, self.teacher.class_emb[self.suite.id_task.name].clone()).to(self.device)
 
+# %% ../nbs/23_experiment.ipynb #98dadf2d
 def _record(ctx: ProfileContext, method, seed, cfg, model, classifier, extra=None) -> tuple[dict, dict]:
+    "Evaluate `model` and make its record: the metrics, the trainable parameters, the configuration, the provenance."
     m, per = evaluate(model, ctx.suite, ctx.tok, prepare_images, classifier=classifier, pre_probe=ctx.pre_probe)
     rec = {"method": method.name, "seed": int(seed), **m,
            "trainable_params": int(sum(p.numel() for ph in method.phases for n in set(ph.train) for p in model.parts(n))),
@@ -235,6 +243,7 @@ def wise_curve(
                       "rsa": r["geometry"]["rsa"]})
     return curve
 
+# %% ../nbs/23_experiment.ipynb #8096c6e9
 def finetune(
     ctx: ProfileContext,
     method: str,  # registered method name
@@ -260,6 +269,44 @@ def _check_trained_on(ctx: ProfileContext, run_dir: Path) -> dict:
                          f"than this world and pre-trained model: retrain it (delete {run_dir}, or `dvc repro finetune`)")
     return log
 
+# %% ../nbs/23_experiment.ipynb #ccefbcab
+def _load_wiseft(
+    ctx: ProfileContext,
+    meth,  # the wiseft method (its `base` and `alpha`)
+    seed: int,
+    run_dir: Path,  # wiseft's own run folder
+    base_dir: str | Path | None,  # the base method's run folder (default: beside run_dir)
+    model: FineTuneModel,  # receives the interpolated weights
+) -> list[dict]:  # the weight-interpolation curve
+    "wiseft: load into `model` the pre-trained weights interpolated with its base run's at `alpha`; the whole curve."
+    method = meth.name
+    base_dir = Path(base_dir) if base_dir is not None else run_dir.parent / f"{meth.base}-{seed}"
+    if not (base_dir / "model.pt").exists():
+        raise FileNotFoundError(f"{method} needs the {meth.base!r} run of seed {seed} at {base_dir} (run it first)")
+    _check_trained_on(ctx, base_dir)
+    pre = ctx.model().state_dict()
+    # the base method's own state (DiVE's EMA centre) is not part of the pre-trained model: shared keys only
+    ft = {k: v for k, v in torch.load(base_dir / "model.pt", weights_only=True).items() if k in pre}
+    curve = wise_curve(ctx, ft, meth.classifier)
+    model.load_state_dict(interpolate_weights(pre, ft, float(meth.hparams["alpha"])))
+    return curve
+
+def _write_record(
+    rec: dict,  # the run's record
+    per: dict,  # per-example correctness and probe embeddings
+    metrics_path: str | Path | None,  # JSON record (None: not written)
+    preds_path: str | Path | None,  # predictions (default: beside metrics_path)
+) -> None:
+    "Write the record (metric floats rounded) and the per-example predictions."
+    if metrics_path is not None:
+        p = Path(metrics_path); p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(rounded(rec), indent=1))
+    if preds_path is not None or metrics_path is not None:
+        q = Path(preds_path) if preds_path is not None else Path(metrics_path).with_suffix(".preds.pt")
+        q.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(per, q)
+
+# %% ../nbs/23_experiment.ipynb #25660c51
 def evaluate_run(
     ctx: ProfileContext,
     method: str,
@@ -277,15 +324,7 @@ def evaluate_run(
     extra = {"overrides": dict(overrides or {})}
     model = ctx.model()
     if meth.base is not None:  # wiseft: interpolate the base run's weights with the pre-trained ones
-        base_dir = Path(base_dir) if base_dir is not None else run_dir.parent / f"{meth.base}-{seed}"
-        if not (base_dir / "model.pt").exists():
-            raise FileNotFoundError(f"{method} needs the {meth.base!r} run of seed {seed} at {base_dir} (run it first)")
-        _check_trained_on(ctx, base_dir)
-        pre = ctx.model().state_dict()
-        # the base method's own state (DiVE's EMA centre) is not part of the pre-trained model: shared keys only
-        ft = {k: v for k, v in torch.load(base_dir / "model.pt", weights_only=True).items() if k in pre}
-        extra["curve"] = wise_curve(ctx, ft, meth.classifier)
-        model.load_state_dict(interpolate_weights(pre, ft, float(meth.hparams["alpha"])))
+        extra["curve"] = _load_wiseft(ctx, meth, seed, run_dir, base_dir, model)
         cfg = None
     elif meth.phases:
         if not (run_dir / "model.pt").exists():
@@ -299,15 +338,10 @@ def evaluate_run(
     else:
         cfg = None
     rec, per = _record(ctx, meth, seed, cfg, model, meth.classifier, extra)
-    if metrics_path is not None:
-        p = Path(metrics_path); p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(rounded(rec), indent=1))
-    if preds_path is not None or metrics_path is not None:
-        q = Path(preds_path) if preds_path is not None else Path(metrics_path).with_suffix(".preds.pt")
-        q.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(per, q)
+    _write_record(rec, per, metrics_path, preds_path)
     return rec
 
+# %% ../nbs/23_experiment.ipynb #8fb6d379
 def run(
     ctx: ProfileContext,
     method: str,

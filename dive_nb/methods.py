@@ -165,6 +165,7 @@ class Phase:
     steps_frac: float = 1.0  # share of the run's steps
     lr_mult: float = 1.0  # learning rate multiplier
 
+# %% ../nbs/20_methods.ipynb #c7e184c1
 @dataclass(frozen=True)
 class Method:
     "A method: phases of weighted loss terms, how it classifies, and its default hyperparameters."

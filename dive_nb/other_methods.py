@@ -193,6 +193,7 @@ TERMS["prompt_ot"] = Term(_prompt_ot, "id", "Prompt-OT: transport cost between [
 
 # %% ../nbs/25_other_methods.ipynb #dcc53812
 def _frozen_encoder(model: FineTuneModel, which: str) -> bool:
+    "Whether the image (or text) encoder is frozen in the current phase."
     ps = model.clip.visual.parameters() if which == "image" else model.parts("text")
     return not any(p.requires_grad for p in ps)
 
@@ -216,10 +217,11 @@ def csa_pair(ctx: StepContext, batch: str = "id") -> tuple:
 
 
 def _csa_nce(ctx: StepContext) -> torch.Tensor:
+    "CS-Aligner's InfoNCE on the ID batch: adapted image embeddings vs their class-prompt captions."
     img, txt = csa_pair(ctx)
     return clip_loss(img, txt, ctx.model.scale)
 
-
+# %% ../nbs/25_other_methods.ipynb #c72f03ce
 def cs_term(
     ctx: StepContext,  # the step (its method's `sigma` is read)
     imgs: list,  # image-side embedding blocks, pooled by concatenation (paired and unpaired rows alike)
@@ -231,6 +233,7 @@ def cs_term(
 
 
 def _csa_cs(ctx: StepContext) -> torch.Tensor:
+    "CS-Aligner's CS divergence: the paired ID embeddings plus unpaired reference captions (and images), adapted."
     ad = ctx.model.state["adapters"]
     img, txt = csa_pair(ctx)  # the ID graph of `csa_nce` is gone after its backward: rebuild the (cheap) adapter part
     imgs, txts = [img], [txt]
@@ -244,7 +247,7 @@ def _csa_cs(ctx: StepContext) -> torch.Tensor:
 TERMS["csa_nce"] = Term(_csa_nce, "id", "CS-Aligner's InfoNCE on ID images and class-prompt captions (adapted embeddings)")
 TERMS["csa_cs"] = Term(_csa_cs, "ref", "CS-Aligner's CS divergence: paired ID + unpaired reference captions (and images)")
 
-
+# %% ../nbs/25_other_methods.ipynb #22020867
 def _csa_cs_ft(ctx: StepContext) -> torch.Tensor:
     "CS divergence of the fine-tuned encoders' ID images vs ID class-prompt captions + unpaired reference captions (and images)."
     imgs, txts = [ctx.id_img], [ctx.id_txt]  # the ID features FLYP's term computed in this step (same graph)

@@ -360,7 +360,7 @@ def _calibration(model, ctx: ProfileContext) -> tuple[float, dict]:
     logits, y = float(model.clip.logit_scale.detach().exp()) * f @ h.T, ctx.suite.id_test.labels[t.attribute]
     return 100.0 * expected_calibration_error(logits, y), reliability_bins(logits, y)
 
-
+# %% ../nbs/26_paper_experiments.ipynb #ad591624
 def run_one(
     ctx: ProfileContext,  # the profile's context
     spec: dict,  # the run (see above)
@@ -423,51 +423,81 @@ def experiment_arms(
         if select: a["select"] = True
         if lr_from: a["lr_from"] = lr_from
         return a
+    return {"m2mix": _m2mix_arms, "mps": _mps_arms, "promptot": _promptot_arms, "csaligner": _csaligner_arms}[exp](c, mk)
+
+# %% ../nbs/26_paper_experiments.ipynb #a7a661b7
+def _m2mix_arms(
+    c: dict,  # papers.m2mix
+    mk,  # `experiment_arms`' arm maker: mk(arm, method, overrides, select=, lr_from=, **fields)
+) -> list[dict]:  # the arms, in order
+    "M2-Mix: the pre-trained model, then CLIP loss and M2-Mix on the ID photo pairs (both selected)."
     arms = []
-    if exp == "m2mix":
-        pairs = {"pairs": c.get("pairs", "id_detailed"), "ece": True, "arithmetic": True}
-        over = {"ref_batch_size": c.get("pair_batch_size", 128)}
-        arms.append(mk("pretrained", "zeroshot", {}, **pairs))
-        arms += [mk(m, m, over, select=True, **pairs) for m in ("clip_pairs", "m2mix_pairs")]
-    elif exp == "mps":
-        shots = [int(k) for k in c.get("shots", [1, 2, 4, 8, 16])]
-        K, vs = max(shots), int(c.get("val_shots", 16))
-        arms.append(mk("pretrained", "zeroshot", {}, variant="pre-trained"))
-        for k in shots:
-            arms += [mk(f"{m}-k{k}", m, {}, select=k == K, lr_from=None if k == K else f"{m}-k{K}", shots=k, variant="main",
-                        val_shots=vs) for m in c.get("methods", ["mps", "coop", "lp"])]
-        for var, over in (("ce only", {"lam1": 0.0, "lam2": 0.0}), ("+ gram", {"lam2": 0.0}), ("+ sculpt", {"lam1": 0.0}),
-                          ("gram global only", {"gram_local": 0.0}), ("gram local only", {"gram_global": 0.0})):
-            arms.append(mk(f"mps-k{K}-{var.replace(' ', '_').replace('+', 'plus')}", "mps", over, lr_from=f"mps-k{K}",
-                           shots=K, variant=var, val_shots=vs))
-    elif exp == "promptot":
-        C = c.get("n_classes")
-        if C is None: raise ValueError("papers.promptot.n_classes: the number of ID classes (the base/novel split)")
-        base, novel = base_novel_split(list(range(int(C))))
-        bn = {"classes": base, "base_novel": [base, novel]}
-        K = int(c.get("shots", 16))
-        arms.append(mk("pretrained", "zeroshot", {}, variant="pre-trained", **bn))
-        arms.append(mk("promptot", "promptot", {}, select=True, shots=K, variant="prompt-ot", **bn))
-        arms.append(mk("coop", "coop", {}, select=True, shots=K, variant="coop", **bn))
-        arms.append(mk("no_ot", "promptot", {"lam": 0.0}, lr_from="promptot", shots=K, variant="no ot", **bn))
-    else:
-        over = {"ref_batch_size": c.get("pair_batch_size", 128)}
-        pairs = {"pairs": c.get("pairs", "id_detailed")}
-        N, k = int(c.get("n_paired", 1000)), c.get("captions_per_image")
-        arms.append(mk("pretrained", "zeroshot", {}, setting="pre-trained", **pairs))
-        arms.append(mk("nce", "csaligner_pairs", {**over, "lam": 0.0}, select=True, setting="InfoNCE, all pairs", **pairs))
-        arms.append(mk("nce_cs", "csaligner_pairs", over, select=True, setting="InfoNCE + CS, all pairs", **pairs))
-        src = {"lr_from": "nce_cs", **pairs}
-        arms.append(mk("nce_cs_tokens", "csaligner_tokens", over, setting="InfoNCE + CS + token-level CS, all pairs", **src))
-        arms.append(mk(f"paired_{N}", "csaligner_pairs", over, n_pairs=N, setting=f"{N} paired", **src))
-        arms.append(mk(f"paired_{N}_unpaired_{2 * N}", "csaligner_pairs", over, n_pairs=N, unpaired=[N, 2 * N],
-                       setting=f"{N} paired + {2 * N} unpaired", **src))
-        arms.append(mk(f"paired_{2 * N}", "csaligner_pairs", over, n_pairs=2 * N, setting=f"{2 * N} paired", **src))
-        if k:  # several captions per image (the mini world draws them from its caption model)
-            arms.append(mk(f"paired_{N}_captions_{k + 1}", "csaligner_multicap", over, n_pairs=N, captions_per_image=int(k),
-                           setting=f"{N} paired, {int(k) + 1} captions each in the CS term", **src))
+    pairs = {"pairs": c.get("pairs", "id_detailed"), "ece": True, "arithmetic": True}
+    over = {"ref_batch_size": c.get("pair_batch_size", 128)}
+    arms.append(mk("pretrained", "zeroshot", {}, **pairs))
+    arms += [mk(m, m, over, select=True, **pairs) for m in ("clip_pairs", "m2mix_pairs")]
     return arms
 
+def _mps_arms(
+    c: dict,  # papers.mps
+    mk,  # `experiment_arms`' arm maker: mk(arm, method, overrides, select=, lr_from=, **fields)
+) -> list[dict]:  # the arms, in order
+    "MPS-Tuning: the pre-trained model; mps, coop and lp at each K shots; at the largest K, the ablations."
+    arms = []
+    shots = [int(k) for k in c.get("shots", [1, 2, 4, 8, 16])]
+    K, vs = max(shots), int(c.get("val_shots", 16))
+    arms.append(mk("pretrained", "zeroshot", {}, variant="pre-trained"))
+    for k in shots:
+        arms += [mk(f"{m}-k{k}", m, {}, select=k == K, lr_from=None if k == K else f"{m}-k{K}", shots=k, variant="main",
+                    val_shots=vs) for m in c.get("methods", ["mps", "coop", "lp"])]
+    for var, over in (("ce only", {"lam1": 0.0, "lam2": 0.0}), ("+ gram", {"lam2": 0.0}), ("+ sculpt", {"lam1": 0.0}),
+                      ("gram global only", {"gram_local": 0.0}), ("gram local only", {"gram_global": 0.0})):
+        arms.append(mk(f"mps-k{K}-{var.replace(' ', '_').replace('+', 'plus')}", "mps", over, lr_from=f"mps-k{K}",
+                       shots=K, variant=var, val_shots=vs))
+    return arms
+
+# %% ../nbs/26_paper_experiments.ipynb #2f27e28c
+def _promptot_arms(
+    c: dict,  # papers.promptot
+    mk,  # `experiment_arms`' arm maker: mk(arm, method, overrides, select=, lr_from=, **fields)
+) -> list[dict]:  # the arms, in order
+    "Prompt-OT, base-to-novel: the pre-trained model, then promptot, coop and promptot without OT on the base classes."
+    arms = []
+    C = c.get("n_classes")
+    if C is None: raise ValueError("papers.promptot.n_classes: the number of ID classes (the base/novel split)")
+    base, novel = base_novel_split(list(range(int(C))))
+    bn = {"classes": base, "base_novel": [base, novel]}
+    K = int(c.get("shots", 16))
+    arms.append(mk("pretrained", "zeroshot", {}, variant="pre-trained", **bn))
+    arms.append(mk("promptot", "promptot", {}, select=True, shots=K, variant="prompt-ot", **bn))
+    arms.append(mk("coop", "coop", {}, select=True, shots=K, variant="coop", **bn))
+    arms.append(mk("no_ot", "promptot", {"lam": 0.0}, lr_from="promptot", shots=K, variant="no ot", **bn))
+    return arms
+
+def _csaligner_arms(
+    c: dict,  # papers.csaligner
+    mk,  # `experiment_arms`' arm maker: mk(arm, method, overrides, select=, lr_from=, **fields)
+) -> list[dict]:  # the arms, in order
+    "CS-Aligner: InfoNCE vs InfoNCE + CS on all pairs, then paired / unpaired / several-caption settings at one rate."
+    arms = []
+    over = {"ref_batch_size": c.get("pair_batch_size", 128)}
+    pairs = {"pairs": c.get("pairs", "id_detailed")}
+    N, k = int(c.get("n_paired", 1000)), c.get("captions_per_image")
+    arms.append(mk("pretrained", "zeroshot", {}, setting="pre-trained", **pairs))
+    arms.append(mk("nce", "csaligner_pairs", {**over, "lam": 0.0}, select=True, setting="InfoNCE, all pairs", **pairs))
+    arms.append(mk("nce_cs", "csaligner_pairs", over, select=True, setting="InfoNCE + CS, all pairs", **pairs))
+    src = {"lr_from": "nce_cs", **pairs}
+    arms.append(mk("nce_cs_tokens", "csaligner_tokens", over, setting="InfoNCE + CS + token-level CS, all pairs", **src))
+    arms.append(mk(f"paired_{N}", "csaligner_pairs", over, n_pairs=N, setting=f"{N} paired", **src))
+    arms.append(mk(f"paired_{N}_unpaired_{2 * N}", "csaligner_pairs", over, n_pairs=N, unpaired=[N, 2 * N],
+                   setting=f"{N} paired + {2 * N} unpaired", **src))
+    arms.append(mk(f"paired_{2 * N}", "csaligner_pairs", over, n_pairs=2 * N, setting=f"{2 * N} paired", **src))
+    if k:  # several captions per image (the mini world draws them from its caption model)
+        arms.append(mk(f"paired_{N}_captions_{k + 1}", "csaligner_multicap", over, n_pairs=N, captions_per_image=int(k),
+                       setting=f"{N} paired, {int(k) + 1} captions each in the CS term", **src))
+    return arms
+
+# %% ../nbs/26_paper_experiments.ipynb #bc2885cb
 def lr_grid(params: dict, exp: str) -> list[float]:
     "The experiment's learning-rate grid (`papers.<exp>.lr`, one value: no selection)."
     g = (params.get("papers") or {}).get(exp, {}).get("lr", [])
@@ -476,6 +506,7 @@ def lr_grid(params: dict, exp: str) -> list[float]:
     return sorted(g)
 
 def _name(arm: dict, lr: float | None, seed: int) -> str:
+    "A run's name (its folder): the arm, the learning rate (if any), the seed."
     return f"{arm['arm']}-s{seed}" if lr is None else f"{arm['arm']}-lr{lr:g}-s{seed}"
 
 def selection_runs(arms: list[dict], grid: list[float], seed: int) -> list[dict]:

@@ -97,6 +97,7 @@ def select(
         if m in want and src in chosen: chosen[m][W[src]] = chosen[src][W[src]]
     return chosen, rows
 
+# %% ../nbs/24_selection.ipynb #eac25c7d
 def write_methods(
     params_path: str | Path,  # params.yaml whose `methods:` block has one `  name: {...}` line per method
     chosen: dict[str, dict],  # method -> overrides to set

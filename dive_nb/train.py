@@ -117,12 +117,14 @@ def _load_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path} is not a dive-nb training checkpoint (a model's weights?): delete it to train this run from step 0")
     return ck
 
+# %% ../nbs/21_train.ipynb #5b2b21bc
 def _kept(path, saved, total) -> str:
     "What a failed run leaves behind, precisely."
     if path is None or saved is None: return "no checkpoint was written (nothing to resume from)"
     return f"the last checkpoint, {path} (step {saved} of {total}; finite weights and optimizer state), is kept"
 
-def _peak_rss_mb() -> float:
+def _peak_rss_mb() -> float:  # peak resident memory of this process, MiB
+    "The process's peak resident memory (Linux reports KiB)."
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 def enable_grad_checkpointing(model: FineTuneModel) -> None:
@@ -141,6 +143,312 @@ def _run_key(method: Method, cfg: TrainConfig) -> dict:
         if keep.get(k) == default: keep.pop(k)
     return {"method": method.name, "hparams": dict(method.hparams), "cfg": keep}
 
+# %% ../nbs/21_train.ipynb #1c81d5fc
+@dataclass
+class _Run:
+    "One call of `train`: its inputs, what is set up once before the first step, and what changes as the run goes."
+    model: FineTuneModel  # the model being fine-tuned
+    method: Method
+    cfg: TrainConfig
+    id_train: Split  # ID training split
+    label: str  # label column of the ID task
+    prompt_tokens: torch.Tensor  # (n_templates, n_classes, ctx)
+    prepare: object  # uint8 images -> model input
+    reference: Split | None  # reference pairs (None: the method has no reference terms)
+    pre_ref: tuple | None  # cached frozen (image, text) embeddings of `reference`
+    fingerprint: str  # what the run trains on (part of the resume key)
+    out: Path | None  # checkpoints, final weights and log (None: nowhere, or not rank 0)
+    # set by `_seed_and_resume`
+    key: dict | None = None  # what a checkpoint must match to be resumed
+    ckpt_path: Path | None = None  # out/ckpt.pt (None: no checkpoints, or not rank 0)
+    gen: torch.Generator | None = None  # the one sampling generator
+    cache: dict | None = None  # `method.precompute`'s tensors
+    phase_steps: list | None = None  # steps of each phase
+    resumed: dict | None = None  # the checkpoint resumed from (dropped after its phase)
+    start_phase: int = 0  # where the run (re)starts
+    start_step: int = 0
+    log: list | None = None  # the records logged so far
+    saved: int | None = None  # steps in the last checkpoint written or resumed (None: none)
+    mode: str = "fused"  # the reference pass: "fused" or "sequential" (fixed for the run, but for `auto`'s fallback)
+    # set by `_set_up_processes`
+    bn: bool = False  # the model has batch-norm layers (batch statistics: never fuse their tower)
+    device: torch.device | None = None
+    rank: int = 0  # this process
+    world: int = 1  # number of processes
+    A: int = 1  # micro-batches per step
+    autocast: object = None  # () -> the forward pass's precision context
+    gather: object = None  # all-gather with gradients (the identity in one process)
+    # step timing
+    t_steps: float = 0.0  # seconds in the timed steps (a process's first two steps are not timed)
+    n_timed: int = 0
+    t_all: float = 0.0  # seconds in all steps
+
+    @property
+    def total(self) -> int:  # steps in the whole run
+        return sum(self.phase_steps)
+
+    @property
+    def done(self) -> int:  # steps done before this call (in the resumed checkpoint)
+        return sum(self.phase_steps[:self.start_phase]) + self.start_step
+
+# %% ../nbs/21_train.ipynb #9f637716
+def _check_train_inputs(
+    method: Method,
+    id_train: Split,  # ID training split
+    label: str,  # label column of the ID task
+    reference: Split | None,  # reference pairs (tokens needed) for methods with reference terms
+    pre_ref: tuple[torch.Tensor, torch.Tensor] | None,  # cached frozen (image, text) embeddings of `reference`
+) -> None:
+    "Fail before any work, naming what is missing: the label column, the reference pairs, their frozen embeddings."
+    if label not in id_train.labels:
+        raise ValueError(f"id_train has no label column {label!r}; columns: {sorted(id_train.labels)}")
+    if method.needs_reference and (reference is None or reference.tokens is None):
+        raise ValueError(f"method {method.name!r} has reference terms: pass `reference` (image-caption pairs with tokens)")
+    if method.needs_pre:
+        if pre_ref is None:
+            raise ValueError(f"method {method.name!r} has reference terms that read the frozen model: pass `pre_ref` "
+                             f"(the teacher cache's reference embeddings)")
+        if len(pre_ref[0]) != len(reference) or len(pre_ref[1]) != len(reference):
+            raise ValueError(f"pre_ref has {len(pre_ref[0])}/{len(pre_ref[1])} rows, reference has {len(reference)}")
+
+def _checkpoint_to_resume(
+    ckpt_path: Path | None,  # out_dir/ckpt.pt (None: the run writes no checkpoints)
+    resume: bool,  # continue from `ckpt_path` when it exists
+    key: dict,  # this run's resume key (`_run_key` and the data fingerprint)
+    on_stale: str,  # a checkpoint of another configuration or data: 'error' (stop, say so) or 'restart' (discard it)
+    name: str,  # the method's name, for messages
+) -> dict | None:  # the checkpoint to resume from; None: train from step 0
+    "The checkpoint this run resumes from, if any; a stale one stops the run, or is deleted with the run's other outputs."
+    if not (ckpt_path is not None and resume and ckpt_path.exists()): return None
+    resumed, out = _load_checkpoint(ckpt_path), ckpt_path.parent
+    if resumed["key"] == key: return resumed
+    what = ("other data or another pre-trained model" if {**resumed["key"], "data": None} == {**key, "data": None}
+            else f"a different run configuration ({', '.join(k for k in sorted(set(key) | set(resumed['key'])) if key.get(k) != resumed['key'].get(k))} differ)")
+    if on_stale != "restart":
+        raise ValueError(f"{ckpt_path} was written by {what}; delete {out} to train again (or pass resume=False)")
+    print(f"{name}: {ckpt_path} was written by {what}: discarded, training from step 0", file=sys.stderr)
+    for f in ("ckpt.pt", "model.pt", "train_log.json"): (out / f).unlink(missing_ok=True)
+    return None
+
+# %% ../nbs/21_train.ipynb #683850aa
+def _seed_and_resume(
+    run: _Run,
+    resume: bool,  # continue from out/ckpt.pt when it exists
+    on_stale: str,  # a checkpoint of another configuration or data: 'error' or 'restart'
+) -> None:
+    "Seed, create the method's state and cache, then restore the checkpoint to resume from (if any): weights, RNG states, log."
+    model, method, cfg = run.model, run.method, run.cfg
+    run.ckpt_path = run.out / "ckpt.pt" if run.out is not None else None
+    run.key = {**_run_key(method, cfg), **({"data": run.fingerprint} if run.fingerprint else {})}
+    torch.manual_seed(cfg.seed)
+    run.gen = torch.Generator().manual_seed(cfg.seed)
+    method.init_state(model)
+    run.cache = method.precompute(model, run.id_train, run.prepare) if method.precompute is not None else {}
+    run.phase_steps = [max(1, round(cfg.steps * p.steps_frac)) for p in method.phases]
+    run.resumed = resumed = _checkpoint_to_resume(run.ckpt_path, resume, run.key, on_stale, method.name)
+    run.log = []
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        run.gen.set_state(resumed["gen"]); torch.set_rng_state(resumed["torch_rng"])
+        run.start_phase, run.start_step, run.log = resumed["phase"], resumed["step"], resumed["log"]
+        run.saved = run.done  # steps in the last checkpoint
+    if run.saved is not None and run.saved < run.total and cfg.progress:
+        print(f"{method.name}: resuming from step {run.saved} of {run.total} ({run.ckpt_path})", file=sys.stderr)
+    # the reference pass, fixed for the whole run (a resumed run keeps the one it started with)
+    run.mode = (resumed or {}).get("reference_pass") or ("fused" if cfg.reference_pass == "auto" else cfg.reference_pass)
+
+def _set_up_processes(
+    run: _Run,
+) -> None:
+    "Device, processes and micro-batches (the batch sizes must divide), precision, gradient checkpointing; only rank 0 writes files."
+    model, cfg = run.model, run.cfg
+    run.bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())  # batch statistics: never fuse
+    run.device = device = model.head.weight.device
+    run.rank, run.world = rank_and_world()
+    run.A = A = int(cfg.accum_steps)
+    for k in ("batch_size", "ref_batch_size"):
+        if getattr(cfg, k) % (run.world * A):
+            raise ValueError(f"TrainConfig.{k}={getattr(cfg, k)} must be divisible by {run.world} process(es) x {A} micro-batches")
+    if cfg.grad_checkpointing: enable_grad_checkpointing(model)
+    run.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" else contextlib.nullcontext
+    run.gather = all_gather_with_grad if run.world > 1 else (lambda x: x)
+    if run.rank != 0: run.ckpt_path, run.out = None, None  # rank 0 writes checkpoints and the final weights
+
+# %% ../nbs/21_train.ipynb #d1919a81
+def _phase_optimizer(
+    run: _Run,
+    pi: int,  # the phase's index in `run.method.phases`
+) -> tuple:  # (trainable parameters, AdamW, its LambdaLR schedule, the phase's first step)
+    "Make the phase's parameters trainable, with a fresh AdamW and schedule (restored when the run resumes inside this phase)."
+    phase, T, cfg = run.method.phases[pi], run.phase_steps[pi], run.cfg
+    params = run.model.set_trainable(phase.train)
+    opt = torch.optim.AdamW(param_groups(run.model, params, cfg.weight_decay), lr=cfg.lr * phase.lr_mult,
+                            betas=tuple(cfg.betas), eps=cfg.eps)
+    warm = int(cfg.warmup_frac * T)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, T=T, w=warm: warmup_cosine(s, T, w))
+    if run.resumed is not None and pi == run.start_phase and run.start_step > 0:  # (a phase that starts afresh has a fresh optimizer)
+        opt.load_state_dict(run.resumed["opt"]); sched.load_state_dict(run.resumed["sched"])
+        return params, opt, sched, run.start_step
+    return params, opt, sched, 0
+
+def _draw_batch(
+    run: _Run,
+    groups: list,  # [ID-batch term names, reference-only term names]
+    need_ref: bool,  # some term reads the reference batch
+) -> dict:  # {'id': (indices, templates, labels), 'ref': (indices,)}: the global batch
+    "One step's global batch, drawn from the run's generator: ID images, a caption template each, their labels; reference pairs."
+    batch, cfg = {}, run.cfg
+    if groups[0]:
+        idx = torch.randint(len(run.id_train), (cfg.batch_size,), generator=run.gen)
+        tpl = torch.randint(run.prompt_tokens.shape[0], (cfg.batch_size,), generator=run.gen)
+        y = run.id_train.labels[run.label][idx]
+        batch["id"] = (idx, tpl, y)
+    if need_ref:
+        r = torch.randint(len(run.reference), (cfg.ref_batch_size,), generator=run.gen)
+        batch["ref"] = (r,)
+    return batch
+
+# %% ../nbs/21_train.ipynb #da9dd684
+def _micro_batch_context(
+    run: _Run,
+    batch: dict,  # the step's global batch (`_draw_batch`)
+    a: int,  # the micro-batch, 0 .. accum_steps - 1
+    step: int,  # step in the phase
+    T: int,  # steps in the phase
+    fuse: tuple,  # modalities encoded in one pass over the ID and reference batches
+) -> StepContext:
+    "The `StepContext` of micro-batch `a`: this process's images and captions, the global micro-batch's labels and indices."
+    world, rank, device, prepare = run.world, run.rank, run.device, run.prepare
+    ctx = StepContext(run.model, hp=run.method.hparams, generator=run.gen, step=step, total_steps=T, cache=run.cache, gather=run.gather,
+                      prompt_tokens=run.prompt_tokens, fuse=fuse)
+    # micro-batch a of the global batch: every process's a-th chunk of its shard (gathered = their union)
+    mb = lambda x: x.view(world, run.A, -1)[:, a]
+    if "id" in batch:
+        (ii, tt, yy), full = (mb(x)[rank] for x in batch["id"]), mb(batch["id"][0]).reshape(-1)
+        # labels of the global micro-batch (the terms see gathered features); images and captions: this shard
+        ctx.id_images, ctx.id_labels = prepare(run.id_train.images[ii]).to(device), mb(batch["id"][2]).reshape(-1).to(device)
+        ctx.id_prompt_tokens = run.prompt_tokens[tt, yy].to(device)
+        ctx.id_index = full
+    if "ref" in batch:
+        rr, full = mb(batch["ref"][0])[rank], mb(batch["ref"][0]).reshape(-1)
+        ctx.ref_images, ctx.ref_tokens = prepare(run.reference.images[rr]).to(device), run.reference.tokens[rr].to(device)
+        ctx.ref_index = full
+        if run.pre_ref is not None:
+            ctx.pre_ref_img, ctx.pre_ref_txt = run.pre_ref[0][full].to(device), run.pre_ref[1][full].to(device)
+    return ctx
+
+# %% ../nbs/21_train.ipynb #30ee0c2f
+def _backward_terms(
+    run: _Run,
+    ctx: StepContext,  # one micro-batch
+    groups: list,  # [ID-batch term names, reference-only term names]
+    weights: dict,  # term -> its weight in this phase
+    parts: dict,  # term -> value summed over the micro-batches (each divided by accum_steps); updated in place
+    pi: int,  # phase index (for messages)
+    step: int,  # step in the phase (for messages)
+) -> None:
+    "Evaluate the weighted terms on one micro-batch and back-propagate them: group by group (sequential) or in one backward (fused)."
+    A, pending = run.A, []
+    for names in groups:
+        if not names: continue
+        lg = 0.0
+        with run.autocast():
+            for t in names:
+                v = TERMS[t].fn(ctx)
+                val = float(v.detach())
+                if not math.isfinite(val):
+                    raise NonFiniteLossError(f"{run.method.name}: term {t!r} is {val} at phase {pi} step {step}; "
+                                             + _kept(run.ckpt_path, run.saved, run.total))
+                parts[t] = parts.get(t, 0.0) + val / A
+                lg = lg + weights[t] * v
+        if A > 1: lg = lg / A
+        if run.mode == "sequential": lg.backward()
+        else: pending.append(lg)  # fused: one backward over every term
+    if pending: sum(pending).backward()
+
+def _step_gradients(
+    run: _Run,
+    phase: Phase,
+    pi: int,  # phase index
+    step: int,  # step in the phase
+    T: int,  # steps in the phase
+    batch: dict,  # the step's global batch (`_draw_batch`)
+    groups: list,  # [ID-batch term names, reference-only term names]
+    weights: dict,  # term -> its weight in this phase
+    opt: torch.optim.Optimizer,
+) -> dict:  # term -> value (mean over the micro-batches)
+    "One step's gradients over all micro-batches; under `auto`, a fused step out of GPU memory is redone, and the run goes on, sequentially."
+    for attempt in range(2):  # a second attempt only when `auto` falls back from a fused step out of GPU memory
+        try:
+            fuse = tuple(m for m in run.method.fusable(phase) if not (m == "img" and run.bn)) if run.mode == "fused" else ()
+            opt.zero_grad(set_to_none=True)
+            parts = {}
+            for a in range(run.A):  # micro-batches (A = 1: the whole batch)
+                _backward_terms(run, _micro_batch_context(run, batch, a, step, T, fuse), groups, weights, parts, pi, step)
+            return parts
+        except torch.cuda.OutOfMemoryError:
+            if attempt or run.cfg.reference_pass != "auto" or run.mode != "fused": raise
+            run.mode, parts = "sequential", None
+            torch.cuda.empty_cache()
+            print(f"{run.method.name}: a fused step ran out of GPU memory; the reference pass is sequential from here on "
+                  f"(reference_pass: auto)", file=sys.stderr)
+
+# %% ../nbs/21_train.ipynb #5f6f12fb
+def _optimizer_step(
+    run: _Run,
+    params: list,  # the phase's trainable parameters
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+) -> None:
+    "Average the gradients across processes, clip them (if set), step AdamW and the schedule, clamp the logit scale."
+    if run.world > 1: sync_gradients(params)
+    if run.cfg.grad_clip: clip_grad_norm_(params, run.cfg.grad_clip)
+    opt.step(); sched.step()
+    with torch.no_grad(): run.model.clip.logit_scale.clamp_(0, math.log(100))  # CLIP's clamp (1/temperature <= 100)
+
+def _write_checkpoint(
+    run: _Run,
+    pi: int,  # phase index
+    step: int,  # the step just done, in the phase
+    T: int,  # steps in the phase
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+) -> None:
+    "Every `ckpt_every` steps and at the end of each phase, write (rank 0) all a resume needs; a non-finite state stops the run instead."
+    cfg, model = run.cfg, run.model
+    if run.ckpt_path is None or not ((cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or step == T - 1): return
+    nxt = (pi, step + 1) if step + 1 < T else (pi + 1, 0)
+    if not (_all_finite(model.state_dict()) and _all_finite(opt.state_dict()["state"])):
+        raise NonFiniteLossError(f"{run.method.name}: the weights or optimizer state became non-finite by phase {pi} "
+                                 f"step {step} (the loss was finite); " + _kept(run.ckpt_path, run.saved, run.total))
+    _save_atomic({"key": run.key, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                  "gen": run.gen.get_state(), "torch_rng": torch.get_rng_state(), "phase": nxt[0], "step": nxt[1],
+                  "log": run.log, "reference_pass": run.mode}, run.ckpt_path)
+    run.saved = sum(run.phase_steps[:nxt[0]]) + nxt[1]
+
+def _progress_bar(
+    run: _Run,
+):  # a tqdm bar, or None
+    "A progress bar on stderr: rank 0 only, with `progress` on and steps left to do."
+    if not (run.cfg.progress and run.total > run.done and run.rank == 0): return None
+    from tqdm.auto import tqdm
+    return tqdm(total=run.total, initial=run.done, desc=run.method.name, leave=False, file=sys.stderr)
+
+def _finish(
+    run: _Run,
+) -> dict:  # {'log': [...], 'sec_per_step': float, 'peak_rss_mb': float, 'steps': int, ...}
+    "The run's record; rank 0 writes the final weights (finite only) and the record beside the checkpoint."
+    run.model.eval()
+    res = {"log": run.log, "sec_per_step": run.t_steps / run.n_timed if run.n_timed else run.t_all / max(1, run.total - run.done),
+           "peak_rss_mb": _peak_rss_mb(), "steps": run.total, "reference_pass": run.mode, "fingerprint": run.fingerprint}
+    if run.out is not None:
+        if not _all_finite(run.model.state_dict()):
+            raise NonFiniteLossError(f"{run.method.name}: final weights non-finite; " + _kept(run.ckpt_path, run.saved, run.total))
+        _save_atomic(run.model.state_dict(), run.out / "model.pt")
+        (run.out / "train_log.json").write_text(json.dumps(res, indent=1))
+    return res
+
+# %% ../nbs/21_train.ipynb #707cc3d1
 def train(
     model: FineTuneModel,  # model to fine-tune in place (method state is created on it)
     method: Method,  # from `dive_nb.methods.get_method`
@@ -158,170 +466,38 @@ def train(
 ) -> dict:  # {'log': [...], 'sec_per_step': float, 'peak_rss_mb': float, 'steps': int}
     "Fine-tune `model` with `method`'s phases and terms (one loop for every method)."
     if cfg.num_threads: torch.set_num_threads(int(cfg.num_threads))
-    if label not in id_train.labels:
-        raise ValueError(f"id_train has no label column {label!r}; columns: {sorted(id_train.labels)}")
-    if method.needs_reference and (reference is None or reference.tokens is None):
-        raise ValueError(f"method {method.name!r} has reference terms: pass `reference` (image-caption pairs with tokens)")
-    if method.needs_pre:
-        if pre_ref is None:
-            raise ValueError(f"method {method.name!r} has reference terms that read the frozen model: pass `pre_ref` "
-                             f"(the teacher cache's reference embeddings)")
-        if len(pre_ref[0]) != len(reference) or len(pre_ref[1]) != len(reference):
-            raise ValueError(f"pre_ref has {len(pre_ref[0])}/{len(pre_ref[1])} rows, reference has {len(reference)}")
+    _check_train_inputs(method, id_train, label, reference, pre_ref)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None: out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "ckpt.pt" if out is not None else None
-    key = {**_run_key(method, cfg), **({"data": fingerprint} if fingerprint else {})}
-
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    method.init_state(model)
-    cache = method.precompute(model, id_train, prepare) if method.precompute is not None else {}
-    phase_steps = [max(1, round(cfg.steps * p.steps_frac)) for p in method.phases]
-    start_phase, start_step, log = 0, 0, []
-    resumed = None
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        resumed = _load_checkpoint(ckpt_path)
-        if resumed["key"] != key:
-            what = ("other data or another pre-trained model" if {**resumed["key"], "data": None} == {**key, "data": None}
-                    else f"a different run configuration ({', '.join(k for k in sorted(set(key) | set(resumed['key'])) if key.get(k) != resumed['key'].get(k))} differ)")
-            if on_stale != "restart":
-                raise ValueError(f"{ckpt_path} was written by {what}; delete {out} to train again (or pass resume=False)")
-            print(f"{method.name}: {ckpt_path} was written by {what}: discarded, training from step 0", file=sys.stderr)
-            for f in ("ckpt.pt", "model.pt", "train_log.json"): (out / f).unlink(missing_ok=True)
-            resumed = None
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        gen.set_state(resumed["gen"]); torch.set_rng_state(resumed["torch_rng"])
-        start_phase, start_step, log = resumed["phase"], resumed["step"], resumed["log"]
-    saved = sum(phase_steps[:start_phase]) + start_step if resumed is not None else None  # steps in the last checkpoint
-    if saved is not None and saved < sum(phase_steps) and cfg.progress:
-        print(f"{method.name}: resuming from step {saved} of {sum(phase_steps)} ({ckpt_path})", file=sys.stderr)
-    # the reference pass, fixed for the whole run (a resumed run keeps the one it started with)
-    mode = (resumed or {}).get("reference_pass") or ("fused" if cfg.reference_pass == "auto" else cfg.reference_pass)
-    bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())  # batch statistics: never fuse
-
-    device = model.head.weight.device
-    rank, world = rank_and_world()
-    A = int(cfg.accum_steps)
-    for k in ("batch_size", "ref_batch_size"):
-        if getattr(cfg, k) % (world * A):
-            raise ValueError(f"TrainConfig.{k}={getattr(cfg, k)} must be divisible by {world} process(es) x {A} micro-batches")
-    if cfg.grad_checkpointing: enable_grad_checkpointing(model)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" else contextlib.nullcontext
-    gather = all_gather_with_grad if world > 1 else (lambda x: x)
-    if rank != 0: ckpt_path, out = None, None  # rank 0 writes checkpoints and the final weights
-    n_id, n_tpl = len(id_train), prompt_tokens.shape[0]
-    total = sum(phase_steps)
-    done = sum(phase_steps[:start_phase]) + start_step
-    if done >= total and out is not None and (out / "train_log.json").is_file() and (out / "model.pt").is_file():
+    run = _Run(model, method, cfg, id_train, label, prompt_tokens, prepare, reference, pre_ref, fingerprint, out)
+    _seed_and_resume(run, resume, on_stale)
+    _set_up_processes(run)
+    if run.done >= run.total and run.out is not None and (run.out / "train_log.json").is_file() and (run.out / "model.pt").is_file():
         model.eval()  # a finished run: the checkpoint holds its final weights; its log and timing stay as written
-        return json.loads((out / "train_log.json").read_text())
-    bar = None
-    if cfg.progress and total > done and rank == 0:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, initial=done, desc=method.name, leave=False, file=sys.stderr)
-    t_steps, n_timed, t_all = 0.0, 0, 0.0
+        return json.loads((run.out / "train_log.json").read_text())
+    bar = _progress_bar(run)
     try:  # the progress bar is closed whatever happens, so an error is printed on a line of its own
-        for pi in range(start_phase, len(method.phases)):
-            phase, T = method.phases[pi], phase_steps[pi]
-            params = model.set_trainable(phase.train)
-            opt = torch.optim.AdamW(param_groups(model, params, cfg.weight_decay), lr=cfg.lr * phase.lr_mult,
-                                    betas=tuple(cfg.betas), eps=cfg.eps)
-            warm = int(cfg.warmup_frac * T)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, T=T, w=warm: warmup_cosine(s, T, w))
-            s0 = 0
-            if resumed is not None and pi == start_phase and start_step > 0:  # (a phase that starts afresh has a fresh optimizer)
-                opt.load_state_dict(resumed["opt"]); sched.load_state_dict(resumed["sched"]); s0 = start_step
+        for pi in range(run.start_phase, len(method.phases)):
+            phase, T = method.phases[pi], run.phase_steps[pi]
+            params, opt, sched, s0 = _phase_optimizer(run, pi)
             weights = method.weights(phase)
             groups = [[t for t in weights if TERMS[t].batch in g] for g in (("id", "both"), ("ref",))]
             need_ref = any(TERMS[t].batch in ("ref", "both") for t in weights)
             model.train()
             for step in range(s0, T):
                 t0 = time.perf_counter()
-                batch = {}
-                if groups[0]:
-                    idx = torch.randint(n_id, (cfg.batch_size,), generator=gen)
-                    tpl = torch.randint(n_tpl, (cfg.batch_size,), generator=gen)
-                    y = id_train.labels[label][idx]
-                    batch["id"] = (idx, tpl, y)
-                if need_ref:
-                    r = torch.randint(len(reference), (cfg.ref_batch_size,), generator=gen)
-                    batch["ref"] = (r,)
-                for attempt in range(2):  # a second attempt only when `auto` falls back from a fused step out of GPU memory
-                    try:
-                        fuse = tuple(m for m in method.fusable(phase) if not (m == "img" and bn)) if mode == "fused" else ()
-                        opt.zero_grad(set_to_none=True)
-                        parts, pending = {}, []
-                        for a in range(A):  # micro-batches (A = 1: the whole batch)
-                            ctx = StepContext(model, hp=method.hparams, generator=gen, step=step, total_steps=T, cache=cache, gather=gather,
-                                              prompt_tokens=prompt_tokens, fuse=fuse)
-                            # micro-batch a of the global batch: every process's a-th chunk of its shard (gathered = their union)
-                            mb = lambda x: x.view(world, A, -1)[:, a]
-                            if "id" in batch:
-                                (ii, tt, yy), full = (mb(x)[rank] for x in batch["id"]), mb(batch["id"][0]).reshape(-1)
-                                # labels of the global micro-batch (the terms see gathered features); images and captions: this shard
-                                ctx.id_images, ctx.id_labels = prepare(id_train.images[ii]).to(device), mb(batch["id"][2]).reshape(-1).to(device)
-                                ctx.id_prompt_tokens = prompt_tokens[tt, yy].to(device)
-                                ctx.id_index = full
-                            if "ref" in batch:
-                                rr, full = mb(batch["ref"][0])[rank], mb(batch["ref"][0]).reshape(-1)
-                                ctx.ref_images, ctx.ref_tokens = prepare(reference.images[rr]).to(device), reference.tokens[rr].to(device)
-                                ctx.ref_index = full
-                                if pre_ref is not None:
-                                    ctx.pre_ref_img, ctx.pre_ref_txt = pre_ref[0][full].to(device), pre_ref[1][full].to(device)
-                            for names in groups:
-                                if not names: continue
-                                lg = 0.0
-                                with autocast():
-                                    for t in names:
-                                        v = TERMS[t].fn(ctx)
-                                        val = float(v.detach())
-                                        if not math.isfinite(val):
-                                            raise NonFiniteLossError(f"{method.name}: term {t!r} is {val} at phase {pi} step {step}; "
-                                                                     + _kept(ckpt_path, saved, total))
-                                        parts[t] = parts.get(t, 0.0) + val / A
-                                        lg = lg + weights[t] * v
-                                if A > 1: lg = lg / A
-                                if mode == "sequential": lg.backward()
-                                else: pending.append(lg)  # fused: one backward over every term
-                            if pending: sum(pending).backward(); pending = []
-                        break
-                    except torch.cuda.OutOfMemoryError:
-                        if attempt or cfg.reference_pass != "auto" or mode != "fused": raise
-                        mode, parts, pending, ctx = "sequential", None, None, None
-                        torch.cuda.empty_cache()
-                        print(f"{method.name}: a fused step ran out of GPU memory; the reference pass is sequential from here on "
-                              f"(reference_pass: auto)", file=sys.stderr)
-                if world > 1: sync_gradients(params)
-                if cfg.grad_clip: clip_grad_norm_(params, cfg.grad_clip)
-                opt.step(); sched.step()
-                with torch.no_grad(): model.clip.logit_scale.clamp_(0, math.log(100))  # CLIP's clamp (1/temperature <= 100)
+                batch = _draw_batch(run, groups, need_ref)
+                parts = _step_gradients(run, phase, pi, step, T, batch, groups, weights, opt)
+                _optimizer_step(run, params, opt, sched)
                 parts["loss"] = sum(weights[t] * parts[t] for t in parts)
                 if step % cfg.log_every == 0 or step == T - 1:
-                    log.append({"phase": pi, "step": step, "lr": sched.get_last_lr()[0], **parts})
+                    run.log.append({"phase": pi, "step": step, "lr": sched.get_last_lr()[0], **parts})
                 dt = time.perf_counter() - t0
-                t_all += dt
-                if step - s0 >= 2: t_steps += dt; n_timed += 1  # skip warm-up steps of the process
+                run.t_all += dt
+                if step - s0 >= 2: run.t_steps += dt; run.n_timed += 1  # skip warm-up steps of the process
                 if bar is not None: bar.update(1); bar.set_postfix(loss=f"{parts['loss']:.3f}")
-                last = (pi == len(method.phases) - 1 and step == T - 1)
-                if ckpt_path is not None and ((cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or step == T - 1):
-                    nxt = (pi, step + 1) if step + 1 < T else (pi + 1, 0)
-                    if not (_all_finite(model.state_dict()) and _all_finite(opt.state_dict()["state"])):
-                        raise NonFiniteLossError(f"{method.name}: the weights or optimizer state became non-finite by phase {pi} "
-                                                 f"step {step} (the loss was finite); " + _kept(ckpt_path, saved, total))
-                    _save_atomic({"key": key, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                  "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "phase": nxt[0], "step": nxt[1],
-                                  "log": log, "reference_pass": mode}, ckpt_path)
-                    saved = sum(phase_steps[:nxt[0]]) + nxt[1]
-            resumed = None
+                _write_checkpoint(run, pi, step, T, opt, sched)
+            run.resumed = None
     finally:
         if bar is not None: bar.close()
-    model.eval()
-    res = {"log": log, "sec_per_step": t_steps / n_timed if n_timed else t_all / max(1, total - done), "peak_rss_mb": _peak_rss_mb(), "steps": total,
-           "reference_pass": mode, "fingerprint": fingerprint}
-    if out is not None:
-        if not _all_finite(model.state_dict()): raise NonFiniteLossError(f"{method.name}: final weights non-finite; " + _kept(ckpt_path, saved, total))
-        _save_atomic(model.state_dict(), out / "model.pt")
-        (out / "train_log.json").write_text(json.dumps(res, indent=1))
-    return res
+    return _finish(run)
