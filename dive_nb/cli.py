@@ -113,9 +113,10 @@ def _check_weights(params, pretrained) -> None:
     if _is_path(pretrained):
         raise CLIError(f"model.pretrained = {pretrained}: no such file (give an open_clip tag such as openai, or a checkpoint path)")
     from dive_nb.experiment import model_name_of
-    from dive_nb import models as M
+    from dive_nb.models import cached_weights
+    from dive_nb.tiny import TINY_MODELS
     name = model_name_of(params)
-    if name in M.TINY_MODELS:
+    if name in TINY_MODELS:
         raise CLIError(f"model.pretrained = {pretrained}: {name} is a tiny model without downloadable weights (give a checkpoint path)")
     import open_clip
     if name not in open_clip.list_models(): return  # hf-hub: / local-dir: names: create_model says what is wrong
@@ -123,8 +124,7 @@ def _check_weights(params, pretrained) -> None:
     if not pcfg:
         raise CLIError(f"model.pretrained = {pretrained}: neither a file nor an open_clip tag of {name} "
                        f"(open_clip.list_pretrained_tags_by_model({name!r}) = {open_clip.list_pretrained_tags_by_model(name)})")
-    if M._hf_offline() and M._find_cached_weights(pcfg, None) is None:  # the message create_model would give, before any work
-        raise M._unavailable(name, str(pretrained), pcfg, None, "not in the local cache and offline mode is on")
+    cached_weights(name, str(pretrained), pcfg)  # offline and not cached: the message create_model would give, before any work
 
 def _check_data(params, root, allow_download: bool = False) -> int:
     "Every dataset the paper profile's data section declares, on disk under data.root (the check `paper_suite` makes); their number."

@@ -96,25 +96,26 @@ class StepContext:
         "ID and reference features from one pass of `encode` over both batches (per-example towers: the same maths)."
         return tuple(encode(torch.cat([a, b])).split([len(a), len(b)]))
     @cached_property
-    def _img2(self): return self._both(self.model.encode_image, self._need(self.id_images, "id_images"), self._need(self.ref_images, "ref_images"))
+    def _img2(self): return self._both(self.model.encode_image, self.need(self.id_images, "id_images"), self.need(self.ref_images, "ref_images"))
     @cached_property
-    def _txt2(self): return self._both(self.model.encode_text, self._need(self.id_prompt_tokens, "id_prompt_tokens"), self._need(self.ref_tokens, "ref_tokens"))
+    def _txt2(self): return self._both(self.model.encode_text, self.need(self.id_prompt_tokens, "id_prompt_tokens"), self.need(self.ref_tokens, "ref_tokens"))
 
     @cached_property
-    def id_img(self): return self.gather(self._img2[0] if "img" in self.fuse else self.model.encode_image(self._need(self.id_images, "id_images")))
+    def id_img(self): return self.gather(self._img2[0] if "img" in self.fuse else self.model.encode_image(self.need(self.id_images, "id_images")))
     @cached_property
-    def id_txt(self): return self.gather(self._txt2[0] if "txt" in self.fuse else self.model.encode_text(self._need(self.id_prompt_tokens, "id_prompt_tokens")))
+    def id_txt(self): return self.gather(self._txt2[0] if "txt" in self.fuse else self.model.encode_text(self.need(self.id_prompt_tokens, "id_prompt_tokens")))
     @cached_property
-    def ref_img(self): return self.gather(self._img2[1] if "img" in self.fuse else self.model.encode_image(self._need(self.ref_images, "ref_images")))
+    def ref_img(self): return self.gather(self._img2[1] if "img" in self.fuse else self.model.encode_image(self.need(self.ref_images, "ref_images")))
     @cached_property
-    def ref_txt(self): return self.gather(self._txt2[1] if "txt" in self.fuse else self.model.encode_text(self._need(self.ref_tokens, "ref_tokens")))
+    def ref_txt(self): return self.gather(self._txt2[1] if "txt" in self.fuse else self.model.encode_text(self.need(self.ref_tokens, "ref_tokens")))
     @cached_property
-    def u(self): return difference_vectors(self.ref_img, self._need(self.pre_ref_img, "pre_ref_img"))
+    def u(self): return difference_vectors(self.ref_img, self.need(self.pre_ref_img, "pre_ref_img"))
     @cached_property
-    def v(self): return difference_vectors(self.ref_txt, self._need(self.pre_ref_txt, "pre_ref_txt"))
+    def v(self): return difference_vectors(self.ref_txt, self.need(self.pre_ref_txt, "pre_ref_txt"))
 
     @staticmethod
-    def _need(x, name):
+    def need(x, name):
+        "`x`, or an error naming the input `name` that a loss term reads and this step lacks (for terms defined outside this class)."
         if x is None: raise ValueError(f"this loss term needs {name}, which this step does not have")
         return x
 
@@ -151,8 +152,8 @@ TERMS: dict[str, Term] = {
                 "squared distance of fine-tuned to frozen reference image embeddings", True, _R("ref_img")),
     "avl": Term(_avl, "ref", "DiVE average vector loss (EMA centre)", True, _R("ref_img", "ref_txt"), _ema_centre),
     "pvl": Term(lambda c: pvl_loss(c.u, c.v), "ref", "DiVE pairwise vector loss", True, _R("ref_img", "ref_txt")),
-    "cos": Term(lambda c: cosine_structure_loss(c.ref_img, c._need(c.pre_ref_img, "pre_ref_img"),
-                                                c.ref_txt, c._need(c.pre_ref_txt, "pre_ref_txt")), "ref",
+    "cos": Term(lambda c: cosine_structure_loss(c.ref_img, c.need(c.pre_ref_img, "pre_ref_img"),
+                                                c.ref_txt, c.need(c.pre_ref_txt, "pre_ref_txt")), "ref",
                 "cosine-similarity structure constraint (CyCLIP-like ablation)", True, _R("ref_img", "ref_txt")),
 }
 

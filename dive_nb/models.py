@@ -21,8 +21,8 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, OPENAI_DA
 from .tiny import TINY_MODELS, ConvStem, WordTokenizer
 
 # %% auto #0
-__all__ = ['PretrainedWeightsUnavailable', 'create_model', 'save_checkpoint', 'count_parameters', 'prepare_images',
-           'interpolate_weights']
+__all__ = ['PretrainedWeightsUnavailable', 'cached_weights', 'create_model', 'save_checkpoint', 'count_parameters',
+           'prepare_images', 'interpolate_weights']
 
 # %% ../nbs/11_models.ipynb #98408af7
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -86,6 +86,19 @@ def _unavailable(name: str, tag: str, pcfg: dict, cache_dir, cause: str = "") ->
         "(then copy it and point HF_HOME or cache_dir= at it), or download the checkpoint yourself and pass its path "
         f"as pretrained=\"/path/to/open_clip_pytorch_model.bin\" (create_model({name!r}, pretrained=path))."
     )
+
+
+def cached_weights(
+    name: str,  # open_clip model name
+    tag: str,  # open_clip pretrained tag of `name`
+    pcfg: dict,  # `open_clip.get_pretrained_cfg(name, tag)`
+    cache_dir: str | None = None,  # open_clip / Hugging Face cache folder (None: the default)
+) -> str | None:
+    "The tag's weights file when it is on disk; None when it is not but may be downloaded; `PretrainedWeightsUnavailable` (before any work) when it is not and offline mode is on."
+    local = _find_cached_weights(pcfg, cache_dir)
+    if local is None and _hf_offline():
+        raise _unavailable(name, tag, pcfg, cache_dir, "not in the local cache and offline mode is on")
+    return local
 
 # %% ../nbs/11_models.ipynb #3f9a0c62
 @contextlib.contextmanager
@@ -164,9 +177,7 @@ def _create_open_clip(name, pretrained, device, cache_dir, precision):
         if not pcfg:
             raise ValueError(f"unknown pretrained tag {pretrained!r} for {name!r} (and no such file); "
                              f"open_clip.list_pretrained_tags_by_model({name!r}) = {tags}")
-        local = _find_cached_weights(pcfg, cache_dir)
-        if local is None and _hf_offline():
-            raise _unavailable(name, pretrained, pcfg, cache_dir, "not in the local cache and offline mode is on")
+        local = cached_weights(name, pretrained, pcfg, cache_dir)
         try:
             if local is not None:  # load the file directly: no network, same activation and preprocessing as the tag
                 model, _, preprocess = open_clip.create_model_and_transforms(

@@ -117,7 +117,7 @@ def _mps_out(ctx: StepContext) -> dict:
     "Fine-tuned branch on the ID batch (+ frozen features from the cache, or live when cache_frozen is False)."
     def run():
         live = not hparam(ctx, "cache_frozen", True) or "mps_zs" not in ctx.cache
-        o = ctx.model.state["mps"](ctx.model.clip.visual, ctx._need(ctx.id_images, "id_images"), frozen=live, tokens=True)
+        o = ctx.model.state["mps"](ctx.model.clip.visual, ctx.need(ctx.id_images, "id_images"), frozen=live, tokens=True)
         g = ctx.gather  # this process's images -> the global batch (identity in one process)
         zs = F.normalize(g(o["zs"].detach()), dim=-1) if live else _rows(ctx, "mps_zs")
         zt = g(o["zs_tokens"].detach()) if live else _rows(ctx, "mps_zs_tokens")
@@ -211,8 +211,8 @@ def csa_pair(ctx: StepContext, batch: str = "id") -> tuple:
     "Adapted, normalised image and caption embeddings of the ID batch (class-prompt captions) or the reference pairs."
     ad = ctx.model.state["adapters"]
     x, t = ("id_images", "id_prompt_tokens") if batch == "id" else ("ref_images", "ref_tokens")
-    bi = _csa_base(ctx, "image", ctx._need(getattr(ctx, x), x), f"csa_{batch}_img")
-    bt = _csa_base(ctx, "text", ctx._need(getattr(ctx, t), t), f"csa_{batch}_txt")
+    bi = _csa_base(ctx, "image", ctx.need(getattr(ctx, x), x), f"csa_{batch}_img")
+    bt = _csa_base(ctx, "text", ctx.need(getattr(ctx, t), t), f"csa_{batch}_txt")
     return ctx.gather(F.normalize(ad["image"](bi), dim=-1)), ctx.gather(F.normalize(ad["text"](bt), dim=-1))
 
 
@@ -238,9 +238,9 @@ def _csa_cs(ctx: StepContext) -> torch.Tensor:
     img, txt = csa_pair(ctx)  # the ID graph of `csa_nce` is gone after its backward: rebuild the (cheap) adapter part
     imgs, txts = [img], [txt]
     if hparam(ctx, "ref_text", True):
-        txts.append(ctx.gather(F.normalize(ad["text"](_csa_base(ctx, "text", ctx._need(ctx.ref_tokens, "ref_tokens"), "csa_ref_txt")), dim=-1)))
+        txts.append(ctx.gather(F.normalize(ad["text"](_csa_base(ctx, "text", ctx.need(ctx.ref_tokens, "ref_tokens"), "csa_ref_txt")), dim=-1)))
     if hparam(ctx, "ref_images", False):
-        imgs.append(ctx.gather(F.normalize(ad["image"](_csa_base(ctx, "image", ctx._need(ctx.ref_images, "ref_images"), "csa_ref_img")), dim=-1)))
+        imgs.append(ctx.gather(F.normalize(ad["image"](_csa_base(ctx, "image", ctx.need(ctx.ref_images, "ref_images"), "csa_ref_img")), dim=-1)))
     return cs_term(ctx, imgs, txts)
 
 

@@ -122,7 +122,7 @@ def _csa_cs_multi(ctx: StepContext) -> torch.Tensor:
     "CS divergence between the batch's adapted images and every caption of those images (the paired one and k more)."
     ad = ctx.model.state["adapters"]
     img, txt = csa_pair(ctx, "ref")
-    extra = ctx.cache["multi_txt"][ctx._need(ctx.ref_index, "ref_index").to(ctx.cache["multi_txt"].device)].flatten(0, 1)
+    extra = ctx.cache["multi_txt"][ctx.need(ctx.ref_index, "ref_index").to(ctx.cache["multi_txt"].device)].flatten(0, 1)
     extra = F.normalize(ad["text"](extra.to(img.device)), dim=-1)
     return cs_term(ctx, [img], [txt, extra])
 
@@ -143,7 +143,7 @@ def frozen_tokens(
     def run():
         clip = ctx.model.clip
         with torch.no_grad():
-            o = clip.forward_intermediates(image=ctx._need(ctx.ref_images, "ref_images"), text=ctx._need(ctx.ref_tokens, "ref_tokens"),
+            o = clip.forward_intermediates(image=ctx.need(ctx.ref_images, "ref_images"), text=ctx.need(ctx.ref_tokens, "ref_tokens"),
                                            image_indices=1, text_indices=1, normalize_intermediates=True,
                                            intermediates_only=True, image_output_fmt="NLC")
             return (_project(o["image_intermediates"][-1], clip.visual.proj),
