@@ -18,10 +18,10 @@ from .teacher import TeacherCache, model_fingerprint, StaleTeacherCache
 from .zeroshot import zeroshot_classifier
 
 # %% auto #0
-__all__ = ['WORLD_METHODS', 'resolve_run', 'stage_world', 'model_name_of', 'load_suite', 'image_size_of', 'stage_pretrain',
-           'stage_teacher', 'profile_paths', 'resolve_device', 'ProfileContext', 'rounded', 'wise_curve', 'finetune',
-           'evaluate_run', 'run', 'worker_context', 'map_in_workers', 'finetune_many', 'sweep_runs', 'run_sweep',
-           'prepare_world', 'train_and_record', 'run_world', 'main']
+__all__ = ['EXACT_KEYS', 'WORLD_METHODS', 'resolve_run', 'stage_world', 'model_name_of', 'load_suite', 'image_size_of',
+           'stage_pretrain', 'stage_teacher', 'profile_paths', 'resolve_device', 'ProfileContext', 'rounded',
+           'wise_curve', 'finetune', 'evaluate_run', 'run', 'worker_context', 'map_in_workers', 'finetune_many',
+           'sweep_runs', 'run_sweep', 'prepare_world', 'train_and_record', 'run_world', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 from .config import load_params, apply_variant, ParamsError  # one reader and validator (nbs/28_config.ipynb)
@@ -219,10 +219,12 @@ def _record(ctx: ProfileContext, method, seed, cfg, model, classifier, extra=Non
            **provenance(), **(extra or {})}
     return rec, per
 
+EXACT_KEYS = ("config", "lr", "hparams")  # settings, not measurements: a learning rate of 3e-5 must not become 0.0
+
 def rounded(x, nd: int = 4):
-    "Metric floats rounded for readable records (accuracies in percent keep 4 decimals); a `config` is kept exact."
+    "Metric floats rounded for readable records (accuracies in percent keep 4 decimals); settings (`config`, `lr`, `hparams`) are kept exact."
     if isinstance(x, float): return round(x, nd)
-    if isinstance(x, dict): return {k: v if k == "config" else rounded(v, nd) for k, v in x.items()}
+    if isinstance(x, dict): return {k: v if k in EXACT_KEYS else rounded(v, nd) for k, v in x.items()}
     if isinstance(x, list): return [rounded(v, nd) for v in x]
     return x
 
