@@ -51,7 +51,7 @@ def wise_ood(df: pd.DataFrame, method: str = "ft") -> pd.DataFrame:
 
 # %% ../nbs/27_calibration.ipynb #45119040
 def regime_rows(
-    df: pd.DataFrame,  # records (dive_nb.report.load_records): zeroshot, lp, ft, lpft, flyp
+    df: pd.DataFrame,  # records (dive_nb.records.load_records): zeroshot, lp, ft, lpft, flyp
     lr_grid: list[float] | None = None,  # the searched learning rates (None: the `sel` row is left out)
     chosen_lr: dict[str, float] | None = None,  # method -> selected learning rate
     only=None,  # criterion ids to evaluate (default: all; e.g. R1, R2, R3, R6, R7 need no lpft run or WiSE-FT curve)
@@ -117,7 +117,7 @@ def calibrate(
     "One calibration try, baselines only: world → pre-training → teacher → lr selection → seeds → records → regime.md."
     from dive_nb.experiment import load_params, prepare_world, train_and_record
     from dive_nb.selection import select
-    from dive_nb.report import load_records
+    from dive_nb.records import load_records
     methods = check_baselines(methods)
     params = load_params(params_file)
     a, m = Path(artifacts), Path(metrics)

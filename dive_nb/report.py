@@ -10,72 +10,13 @@ import numpy as np
 import pandas as pd
 import torch
 from .stats import aggregate
+from .records import load_records, load_sweep
 from .paper_numbers import method_order
 from .tables import SkipTable as _Skip, TABLES
 from .figures import FIGURES, save_figure
 
 # %% auto #0
-__all__ = ['RUN_NAME', 'SUMMARY_COLS', 'load_records', 'load_sweep', 'ReportInputs', 'build_report', 'write_summary']
-
-# %% ../nbs/36_report.ipynb #fbe8058e
-def _read_record(f: Path) -> dict:
-    try: r = json.loads(f.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"metrics file {f}: not valid JSON ({e})") from None
-    if not isinstance(r, dict) or not {"method", "seed"} <= set(r):
-        got = sorted(r)[:8] if isinstance(r, dict) else type(r).__name__
-        raise ValueError(f"metrics file {f}: expected a run record with 'method' and 'seed', got {got}")
-    return {**r, "name": f.stem, "path": str(f)}
-
-def _frame(recs: list[dict], extra_sort=()) -> pd.DataFrame:
-    if not recs:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in ("method", "seed", "name", "path")})
-    df = pd.json_normalize(recs, sep=".")
-    df["seed"] = df["seed"].astype("int64")
-    rank = {m: i for i, m in enumerate(method_order(df["method"]))}
-    df["_rank"] = df["method"].map(rank)
-    keys = ["_rank", *extra_sort, "seed", "name"]
-    return df.sort_values(keys, kind="stable").drop(columns="_rank").reset_index(drop=True)
-
-RUN_NAME = re.compile(r"[^-]+-\d+")  # <method>-<seed>: a main run's file stem
-
-def load_records(
-    metrics_dir: str | Path,  # metrics/<profile>: one <method>-<seed>.json per main run
-) -> pd.DataFrame:  # one row per run, flattened columns; empty (columns method, seed, name, path) if none
-    "Read the main runs' records of one profile (files named <method>-<seed>.json; other JSONs are not runs)."
-    d = Path(metrics_dir)
-    files = [f for f in sorted(d.glob("*.json")) if RUN_NAME.fullmatch(f.stem)] if d.is_dir() else []
-    return _frame([_read_record(f) for f in files])
-
-# %% ../nbs/36_report.ipynb #840532ed
-def _parse_value(s: str):
-    try: v = float(s)
-    except ValueError: return s
-    return int(s) if re.fullmatch(r"[+-]?\d+", s) else v
-
-def load_sweep(
-    metrics_dir: str | Path,  # metrics/<profile>
-    sweep: str,  # the sweep's folder under sweeps/ ('alpha', 'refsize', 'lam', 'wise')
-) -> pd.DataFrame:  # load_records' columns plus 'sweep' and 'value'
-    "Read one sweep's records; the swept value comes from the file name <method>-<value>-<seed>.json."
-    d = Path(metrics_dir) / "sweeps" / sweep
-    recs = []
-    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
-        m = re.fullmatch(r"(?P<method>[^-]+)-(?P<value>.+)-(?P<seed>\d+)", f.stem)
-        if m is None:
-            raise ValueError(f"sweep file {f}: expected a name <method>-<value>-<seed>.json, got {f.name!r}")
-        r = _read_record(f)
-        if r["method"] != m["method"] or int(r["seed"]) != int(m["seed"]):
-            raise ValueError(f"sweep file {f}: the name says {m['method']}/seed {m['seed']}, "
-                             f"the record says {r['method']}/seed {r['seed']}")
-        recs.append({**r, "sweep": sweep, "value": _parse_value(m["value"])})
-    df = _frame(recs)
-    if len(df):  # numeric values sort numerically; text values keep the file-name order
-        num = pd.to_numeric(df["value"], errors="coerce")
-        key = num.to_numpy() if num.notna().all() else np.arange(len(df))
-        rank = df["method"].map({m: i for i, m in enumerate(method_order(df["method"]))}).to_numpy()
-        df = (df.assign(_r=rank, _v=key).sort_values(["_r", "_v", "seed"], kind="stable")
-                .drop(columns=["_r", "_v"]).reset_index(drop=True))
-    return df
+__all__ = ['SUMMARY_COLS', 'ReportInputs', 'build_report', 'write_summary']
 
 # %% ../nbs/36_report.ipynb #e9e916e5
 class ReportInputs:

@@ -14,7 +14,8 @@ import torch
 
 from dive_nb.figures import FIGURES, PAPER_FIGURES
 from dive_nb.paper_numbers import PAPER, method_order, paper_cost_ratio, paper_rows, paper_value
-from dive_nb.report import build_report, load_records, load_sweep
+from dive_nb.report import build_report
+from dive_nb.records import load_records, load_sweep
 from dive_nb.stats import aggregate, fmt_mean_std, paired_bootstrap, summarise
 from dive_nb.tables import PAPER_TABLES, TABLES
 
