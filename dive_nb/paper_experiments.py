@@ -252,7 +252,8 @@ def run_view(ctx: ProfileContext, spec: dict) -> ProfileContext:
     if spec.get("unpaired"):
         start, n = (int(x) for x in spec["unpaired"])
         if start + 2 * n > len(pool):
-            raise ValueError(f"unpaired pool [{start}, {start + 2 * n}) exceeds the {len(pool)} training pairs")
+            raise ValueError(f"papers.csaligner.n_paired: the unpaired pool [{start}, {start + 2 * n}) exceeds the {len(pool)} "
+                             f"training pairs (N paired + 2N unpaired images + 2N unpaired captions): set n_paired <= {len(pool) // 5}")
         imgs, toks = pool.images[start:start + n], pool.tokens[start + n:start + 2 * n]
         train_split = Split(imgs, {attr: torch.zeros(n, dtype=torch.long)}, None, toks)
     if spec.get("captions_per_image"):  # several captions per training pair, for the CS term (CS-Aligner's multi-caption setting)
