@@ -10,13 +10,21 @@ rounds (median, and a bootstrap interval of the mean over rounds).
     python benchmarks/step_time.py                                   # the tiny model, CPU, the mini batch sizes
     python benchmarks/step_time.py --params params.yaml --repeats 5  # the pipeline's tiny model (the `cost` stage)
     python benchmarks/step_time.py --methods flyp dive --reference-pass sequential
-    python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 16 --steps 6   # the paper's size on a CPU (slow)
-    python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 512 --device cuda --precision bf16
+    python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 16 --methods dive --steps 43 --block 5  # the paper's size on a CPU (slow)
+    python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 512 --device cuda --precision bf16 --design interleaved
 
 `bare` is a plain open_clip forward + backward + AdamW step on the ID batch (images and class-prompt captions,
 open_clip's `ClipLoss`) without dive-nb's loop; `bare_ref` the same bare step on the ID + reference batch. Their
 ratio is DiVE's floor: what one pass over the extra reference pairs costs on this device and model, since the
 frozen model's embeddings are cached. The benchmark prints DiVE/FLYP minus that floor with its interval.
+
+`--design lockstep` (the default) runs every method's process side by side, one step at a time: the script tells each
+process in turn (a fresh random order every round) to take its next step and reads back that step's seconds, so
+consecutive steps of DiVE, FLYP and the two bare steps are measured within a fraction of a second of each other
+and a slow drift of a shared machine cancels in the within-round ratios. Ratios are ratios of summed seconds over blocks of
+`--block` consecutive rounds (robust to one slow step), and the interval is a bootstrap over those blocks. `--design interleaved` is
+for when the processes do not fit in memory at once (several large models on one GPU): each method's whole run in
+turn, `--repeats` rounds, ratios within a round.
 
 Memory is the peak *above* the process's baseline after the model and data are built (CPU: peak RSS minus the
 RSS at that point, which excludes the ~800 MB every torch process holds; GPU: the allocator's peak minus what
@@ -44,12 +52,40 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _bare(clip, imgs, tokens, steps, prepare, dev, autocast) -> float:
+class _Baton:
+    "Lockstep child: wait for the parent's `go` before each step, report each step's seconds after it (stdin / stdout)."
+    def __init__(self, on: bool): self.on = on
+    def wait(self) -> None:
+        if self.on and sys.stdin.readline().strip() != "go": raise SystemExit("lockstep: the parent stopped")
+    def report(self, seconds: float) -> None:
+        if self.on: print(f"step {seconds!r}", flush=True)
+
+
+def _hook_train_loop(baton: _Baton) -> None:
+    """Lockstep inside dive_nb's one loop, with no change to it: `_progress_bar` runs once before the first step and
+    `_write_checkpoint` right after each step's timing, so they are where the child waits and reports. The loop's own
+    per-step seconds (`run.t_all`) are what is reported."""
+    import dive_nb.train as T
+    for name in ("_progress_bar", "_write_checkpoint"):
+        if not hasattr(T, name): raise SystemExit(f"error: dive_nb.train.{name} is gone: update benchmarks/step_time.py's lockstep hooks")
+    bar, ckpt, seen = T._progress_bar, T._write_checkpoint, {"t": 0.0, "n": 0}
+    def progress_bar(run):
+        baton.wait(); return bar(run)
+    def write_checkpoint(run, *args):
+        baton.report(run.t_all - seen["t"]); seen["t"] = run.t_all; seen["n"] += 1
+        ckpt(run, *args)
+        if seen["n"] < run.total: baton.wait()
+    T._progress_bar, T._write_checkpoint = progress_bar, write_checkpoint
+
+
+def _bare(clip, imgs, tokens, steps, prepare, dev, autocast, baton: _Baton | None = None) -> float:
     "Seconds per step of a bare open_clip forward + backward + AdamW step (no dive-nb loop)."
     import torch, open_clip
     loss_fn, opt = open_clip.ClipLoss(), torch.optim.AdamW(clip.parameters(), lr=1e-4)
     clip.train(); times = []
+    baton = baton or _Baton(False)
     for s in range(steps):
+        baton.wait()
         if dev.type == "cuda": torch.cuda.synchronize()
         t0 = time.perf_counter()
         x, t = prepare(imgs[s % len(imgs)]), tokens[s % len(tokens)].to(dev)
@@ -59,6 +95,7 @@ def _bare(clip, imgs, tokens, steps, prepare, dev, autocast) -> float:
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         if dev.type == "cuda": torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        baton.report(times[-1])
     timed = times[2:] or times  # skip two warm-up steps when there are more
     return sum(timed) / len(timed)
 
@@ -100,12 +137,14 @@ def _one(a) -> dict:
     if dev.type == "cuda": torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated() / 2**20
     else: base = _rss_mb()  # baseline: interpreter, torch, model and data, before the first step
     peak = lambda: (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _peak_mb())
+    baton = _Baton(bool(getattr(a, "child_lockstep", False)))
+    if baton.on: _hook_train_loop(baton)
     row = {"method": a.one, "batch": a.batch, "model": a.model, "reference_pass": a.reference_pass, "baseline_mb": base}
     if a.one in ("bare", "bare_ref"):  # bare_ref: the bare step on the ID + reference batch (DiVE's floor)
         nb = a.batch + (cfg.ref_batch_size if a.one == "bare_ref" else 0)
         ac = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.precision == "bf16" else contextlib.nullcontext
         sec = _bare(clip.to(dev), [imgs(nb) for _ in range(2)], [rnd_tokens(nb) for _ in range(2)], a.steps,
-                    lambda x: prepare_images(x.to(dev)), dev, ac)
+                    lambda x: prepare_images(x.to(dev)), dev, ac, baton)
         return {**row, "sec_per_step": sec, "peak_mb": peak(), "peak_above_mb": peak() - base}
     res = train(model, get_method(a.one), ids, "y", prompts, lambda x: prepare_images(x.to(dev)), cfg, ref, pre)
     return {**row, "sec_per_step": res["sec_per_step"], "peak_mb": peak(), "peak_above_mb": peak() - base,
@@ -113,10 +152,82 @@ def _one(a) -> dict:
 
 
 def bootstrap_mean(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    "Mean and 95% percentile-bootstrap interval of the mean (resampling the rounds)."
+    "Mean and 95% percentile-bootstrap interval of the mean (resampling the rounds, or the blocks of rounds)."
     rng = random.Random(seed)
     means = sorted(statistics.fmean(rng.choices(xs, k=len(xs))) for _ in range(n))
     return statistics.fmean(xs), means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
+def blocks(xs: list[float], block: int) -> list[list[float]]:
+    "Consecutive blocks of `block` values (a last, shorter block is dropped)."
+    return [xs[i:i + block] for i in range(0, len(xs) - block + 1, block)]
+
+
+def _child(base: list[str], m: str, lockstep: bool = False):
+    "One method's process: a lockstep child (stepped through its stdin), or a whole run to completion."
+    if lockstep:
+        return subprocess.Popen(base + ["--one", m, "--child-lockstep"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    return subprocess.run(base + ["--one", m], capture_output=True, text=True)
+
+
+def _interleaved(a, base: list[str]) -> tuple[dict, dict]:
+    "Whole runs, method after method, `--repeats` rounds: method -> seconds per step of each round, and each round's record."
+    runs = {m: [] for m in a.methods}
+    for k in range(a.repeats):
+        for m in a.methods:
+            out = _child(base, m)
+            if out.returncode != 0: raise SystemExit(out.stderr + f"\nerror: the {m} run failed (its output is above)")
+            runs[m].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"round {k + 1}/{a.repeats} done", file=sys.stderr, flush=True)
+    return {m: [r["sec_per_step"] for r in rs] for m, rs in runs.items()}, runs
+
+
+def _lockstep(a, base: list[str]) -> tuple[dict, dict]:
+    "Every method's process at once, one step each per round in a random order: method -> seconds of each timed step, and its record."
+    procs = {m: _child(base, m, lockstep=True) for m in a.methods}
+    steps = {m: [] for m in a.methods}
+    rng = random.Random(0)
+    try:
+        for k in range(a.steps):
+            order = list(procs); rng.shuffle(order)
+            for m in order:
+                p = procs[m]
+                p.stdin.write("go\n"); p.stdin.flush()
+                line = p.stdout.readline().split()
+                if len(line) != 2 or line[0] != "step":
+                    raise SystemExit(f"error: the {m} process stopped at step {k} (its error is above)")
+                steps[m].append(float(line[1]))
+            if (k + 1) % 10 == 0 or k + 1 == a.steps: print(f"step {k + 1}/{a.steps}", file=sys.stderr, flush=True)
+        rec = {}
+        for m, p in procs.items():
+            p.stdin.close(); out = p.stdout.read(); p.wait()  # the same buffered reader as the steps' lines
+            if p.returncode != 0: raise SystemExit(f"error: the {m} process failed (its error is above)")
+            rec[m] = [json.loads(out.strip().splitlines()[-1])]
+    finally:
+        for p in procs.values():
+            if p.poll() is None: p.kill()
+    w = min(a.warmup, a.steps - 1)
+    return {m: t[w:] for m, t in steps.items()}, rec
+
+
+def summarise(T: dict, recs: dict, block: int = 1) -> tuple[list[dict], list[float]]:
+    """Per method: median seconds per step, time ratio to FLYP, memory ratio, and distance to DiVE's floor with its interval.
+    Ratios are taken within each block of `block` consecutive rounds as a ratio of summed seconds (robust to a single slow
+    step), then averaged and bootstrapped over the blocks; `block` 1 is a ratio per round."""
+    B = lambda m: [sum(b) for b in blocks(T[m], block)]
+    ratio = lambda num, den: [x / y for x, y in zip(B(num), B(den))]
+    floor = ratio("bare_ref", "bare")
+    mem = {m: statistics.median(r["peak_above_mb"] for r in rs) for m, rs in recs.items()}
+    rows = []
+    for m in T:
+        tr = ratio(m, "flyp")
+        row = {**recs[m][0], "sec_per_step": statistics.median(T[m]), "peak_mb": statistics.median(r["peak_mb"] for r in recs[m]),
+               "peak_above_mb": mem[m], "time_ratio": statistics.median(tr), "mem_ratio": mem[m] / mem["flyp"],
+               "sec_per_step_runs": T[m], "time_ratio_blocks": tr, "rounds": len(T[m]), "block": block}
+        if len(tr) >= 2:
+            row["above_floor"], row["above_floor_lo"], row["above_floor_hi"] = bootstrap_mean([t - f for t, f in zip(tr, floor)])
+        rows.append(row)
+    return rows, floor
 
 
 def main(argv=None) -> int:
@@ -124,62 +235,57 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="*", default=DEFAULT_METHODS, help="methods to time (flyp, bare and bare_ref are always added)")
     ap.add_argument("--model", default="dive-tiny-vit", help="any open_clip model name or a dive-nb tiny model")
     ap.add_argument("--params", help="take the model from this parameter file (the mini pipeline's tiny model)")
-    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     ap.add_argument("--batch", type=int, default=128, help="ID batch")
     ap.add_argument("--ref-batch", type=int, default=None, help="reference batch (default: a quarter of --batch)")
-    ap.add_argument("--steps", type=int, default=25, help="steps per run (the first two are not timed)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--steps", type=int, default=25, help="steps per run (lockstep: rounds, the first --warmup not timed; else the first two)")
+    ap.add_argument("--warmup", type=int, default=3, help="lockstep: rounds not timed")
+    ap.add_argument("--block", type=int, default=10, help="lockstep: consecutive rounds per bootstrap block")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the forward pass's precision")
     ap.add_argument("--reference-pass", default="auto", choices=["auto", "fused", "sequential"],
                     help="TrainConfig.reference_pass of the methods with a reference batch")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds over the methods (at least 5 for an interval)")
+    ap.add_argument("--design", default="lockstep", choices=["lockstep", "interleaved"],
+                    help="lockstep: every method's process alive at once, one step each per round (needs the memory of all of "
+                         "them at once); interleaved: whole runs, one method after another, --repeats rounds")
+    ap.add_argument("--repeats", type=int, default=5, help="--no-lockstep: interleaved rounds over the methods (at least 5 for an interval)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--child-lockstep", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    a.lockstep = a.design == "lockstep"
     if a.one:
-        print(json.dumps(_one(a)))
+        print(json.dumps(_one(a)), flush=True)
         return 0
     if a.params:  # the parameter file's model (its variant applied; registers a tiny config)
         from dive_nb.experiment import load_params, model_name_of
         a.model = model_name_of(load_params(a.params))
     if a.device == "cpu" and (a.image_size > 64 or not a.model.startswith("dive-tiny")):
-        print(f"warning: {a.model} at {a.image_size}px on a CPU is slow (minutes per method per round); "
+        print(f"warning: {a.model} at {a.image_size}px on a CPU is slow (seconds to minutes per step); "
               f"keep --batch and --steps small", file=sys.stderr)
-    if a.repeats < 5: print(f"warning: {a.repeats} round(s): the interval over rounds needs at least 5", file=sys.stderr)
+    if a.lockstep and a.steps - a.warmup < 5 * a.block:
+        print(f"error: --steps {a.steps} leaves {a.steps - a.warmup} timed rounds after --warmup {a.warmup}: give at least "
+              f"5 x --block ({5 * a.block}) for an interval over blocks", file=sys.stderr); return 2
+    if not a.lockstep and a.repeats < 5: print(f"warning: {a.repeats} round(s): the interval over rounds needs at least 5", file=sys.stderr)
     a.methods = list(dict.fromkeys(["flyp", "bare", "bare_ref"] + a.methods))
     base = [sys.executable, __file__, "--model", a.model, "--image-size", str(a.image_size), "--batch", str(a.batch),
             "--steps", str(a.steps), "--device", a.device, "--precision", a.precision, "--reference-pass", a.reference_pass]
     if a.ref_batch: base += ["--ref-batch", str(a.ref_batch)]
     if a.params: base += ["--params", a.params]
     if a.threads: base += ["--threads", str(a.threads)]
-    runs = {m: [] for m in a.methods}
-    for k in range(a.repeats):
-        for m in a.methods:
-            out = subprocess.run(base + ["--one", m], capture_output=True, text=True)
-            if out.returncode != 0:
-                print(out.stderr, file=sys.stderr); return out.returncode
-            runs[m].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"round {k + 1}/{a.repeats} done", file=sys.stderr, flush=True)
-    R = a.repeats
-    ratio = lambda m, key: [runs[m][k][key] / runs["flyp"][k][key] for k in range(R)]  # within-round ratios
-    floor = [runs["bare_ref"][k]["sec_per_step"] / runs["bare"][k]["sec_per_step"] for k in range(R)]
-    rows = []
-    for m, rs in runs.items():
-        tr = ratio(m, "sec_per_step"); mr = ratio(m, "peak_above_mb")
-        row = {**rs[0], "sec_per_step": statistics.median(r["sec_per_step"] for r in rs),
-               "peak_mb": statistics.median(r["peak_mb"] for r in rs), "peak_above_mb": statistics.median(r["peak_above_mb"] for r in rs),
-               "time_ratio": statistics.median(tr), "mem_ratio": statistics.median(mr), "sec_per_step_runs": [r["sec_per_step"] for r in rs],
-               "time_ratio_runs": tr, "repeats": R}
-        if R >= 2:
-            d = [t - f for t, f in zip(tr, floor)]
-            row["above_floor"], row["above_floor_lo"], row["above_floor_hi"] = bootstrap_mean(d)
-        rows.append(row)
+    T, recs = (_lockstep if a.lockstep else _interleaved)(a, base)
+    block = a.block if a.lockstep else 1
+    rows, floor = summarise(T, recs, block)
+    R = len(T["flyp"])
     import platform
+    design = (f"lockstep: every method's process takes one step per round, in a random order, {R} timed rounds after {a.warmup} "
+              f"warm-up; ratios of summed seconds over blocks of {block} rounds, interval a bootstrap over the blocks" if a.lockstep
+              else f"{R} interleaved round(s) of whole {a.steps}-step runs; ratios within a round, interval a bootstrap over rounds")
     print(f"device: {a.device} ({platform.processor() or platform.machine()}), model {a.model}, {a.image_size}px, {a.precision}, "
-          f"ID batch {a.batch}, reference batch {a.ref_batch or max(1, a.batch // 4)}, {a.steps} steps, threads {a.threads}, "
-          f"reference pass {a.reference_pass}, {R} interleaved round(s)")
-    fl, fl_lo, fl_hi = bootstrap_mean(floor) if R >= 2 else (floor[0],) * 3
+          f"ID batch {a.batch}, reference batch {a.ref_batch or max(1, a.batch // 4)}, threads {a.threads}, "
+          f"reference pass {a.reference_pass}, {design}")
+    fl, fl_lo, fl_hi = bootstrap_mean(floor) if len(floor) >= 2 else (floor[0],) * 3
     print(f"floor (bare step on ID + reference / on ID): {statistics.median(floor):.3f}x (mean {fl:.3f}, 95% CI {fl_lo:.3f}-{fl_hi:.3f})")
     print(f"{'method':12s} {'s/step':>8s} {'img/s':>7s} {'MB above':>9s} {'mem':>6s} {'time':>6s}  {'time - floor [95% CI]':>24s}")
     for r in rows:
@@ -195,7 +301,8 @@ def main(argv=None) -> int:
               f"target: upper bound <= 0.05); DiVE / FLYP memory above baseline: {dv['mem_ratio']:.2f}x")
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        for r in rows: r.update(floor=statistics.median(floor), floor_runs=floor, device=a.device, precision=a.precision, threads=a.threads)
+        for r in rows: r.update(floor=statistics.median(floor), floor_runs=floor, device=a.device, precision=a.precision, threads=a.threads,
+                                design=design)
         with open(a.json, "w") as fh: json.dump(rows, fh, indent=1)
     return 0
 

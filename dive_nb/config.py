@@ -132,7 +132,7 @@ SCHEMA: dict = {
                "mps": _paper_exp(shots=Rule("list", of=INT1, nonempty=True), val_shots=INT1),
                "promptot": _paper_exp(shots=INT1, n_classes=Rule("int", lo=2)),
                "csaligner": _paper_exp(pair_batch_size=INT1, n_paired=INT1, pairs=PAIRS, n_test=INT1, captions_per_image=INT1)},
-    "cost": {"steps": INT1, "repeats": INT1},
+    "cost": {"design": Rule("str", choices=("lockstep", "interleaved")), "steps": INT1, "warmup": INT0, "block": INT1, "repeats": INT1},
     "worlds": {"seeds": Rule("list", of=INT0), "seed": INT0, "methods": NAMES},  # other world seeds (nbs/23_experiment.ipynb)
     "sweeps": {"seed": INT0, "lam": {"*": Rule("list", of=NONNEG, nonempty=True)}, "alpha": Rule("list", of=PROB),
                "refsize": Rule("list", of=INT1), "wise": NAMES},
