@@ -11,7 +11,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['INT1', 'INT0', 'POS', 'NONNEG', 'PROB', 'NAME', 'NAMES', 'TRAIN_RULES', 'WORLD_RULES', 'MODEL_RULES', 'PAIRS',
            'SCHEMA', 'REQUIRED', 'ParamsError', 'Rule', 'check_section', 'check_methods', 'check_method_names',
-           'check_params', 'apply_variant', 'read_params', 'load_params']
+           'check_pair_pools', 'check_params', 'apply_variant', 'read_params', 'load_params']
 
 # %% ../nbs/28_config.ipynb #1d35bbe2
 class ParamsError(ValueError):
@@ -204,6 +204,21 @@ def _registry() -> dict:
     from dive_nb.methods import METHODS
     return METHODS
 
+def check_pair_pools(
+    p: dict,  # a checked parameter file (mini profile: the world's split sizes are known before it is built)
+) -> None:
+    "CS-Aligner's unpaired arm takes N paired + 2N unpaired images + 2N unpaired captions, disjoint, from the training pairs: 5N must fit."
+    c = (p.get("papers") or {}).get("csaligner")
+    if p.get("profile", "mini") != "mini" or not c: return  # the paper profile's pool is its dataset's size: checked when it is read
+    from dive_nb.miniworld import WorldConfig  # the world's default split sizes
+    src = c.get("pairs", "id_detailed")
+    key = "n_reference" if src == "reference" else "n_id_train"
+    pool = int((p.get("world") or {}).get(key, WorldConfig.__dataclass_fields__[key].default))
+    n = int(c.get("n_paired", 1000))
+    if 5 * n > pool:
+        raise ParamsError(f"papers.csaligner.n_paired = {n}: the unpaired arm needs 5 x {n} = {5 * n} training pairs (N paired + 2N "
+                          f"unpaired images + 2N unpaired captions) and pairs: {src} has world.{key} = {pool}: set n_paired <= {pool // 5}")
+
 def check_params(
     params,  # a parameter file's contents, variant applied
     methods=None,  # methods named on the command line (checked too)
@@ -227,6 +242,7 @@ def check_params(
         f = out["finetune"]
         if "ref_batch_size" in f and "batch_size" in f and f["ref_batch_size"] > 100 * f["batch_size"]:
             raise ParamsError(f"finetune.ref_batch_size = {f['ref_batch_size']} is over 100x the ID batch: a typo?")
+        check_pair_pools(out)
         return out
     except ParamsError as e:
         raise ParamsError(f"{source}: {e}") from None
