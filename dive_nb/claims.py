@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_claims.ipynb #7696e645
 from __future__ import annotations
-import functools, json
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
@@ -14,7 +14,7 @@ from scipy import stats
 # %% auto #0
 __all__ = ['VERDICTS', 'SETS', 'SCALARS', 'DIVE_CLAIMS', 'JUDGES', 'ARM_SCALARS', 'ARM_COLUMNS', 'CLAIM_COLUMNS',
            'WORLD_CRITERIA', 'WORLD_CLAIMS', 'verdict', 'combine', 'pooled', 'compare_accuracy', 'compare_scalar',
-           'Claim', 'claims_data', 'paper_claims', 'dive_claim', 'judge', 'judge_refsize', 'curve_ood_at',
+           'Claim', 'paper_claims', 'dive_claim', 'judge', 'judge_refsize', 'curve_ood_at',
            'judge_effective_robustness', 'judge_cost', 'ArmClaim', 'resolve_arm', 'claim_experiments', 'other_claims',
            'judge_arms', 'other_claims_frame', 'claims_frame', 'table_claims', 'selection_lrs', 'table_regime',
            'worlds_frame', 'table_worlds']
@@ -103,11 +103,7 @@ class Claim:
 
 SCALARS = {"RSA": "geometry.rsa", "RSA image": "geometry.rsa_img"}
 
-@functools.cache  # read once
-def claims_data() -> dict:
-    "The claims file shipped with the package (`dive_nb/claims.json`): each paper's claims with its evidence."
-    from importlib.resources import files  # the installed package's data file, also from an editable install
-    return json.loads((files("dive_nb") / "claims.json").read_text())
+from .paper_numbers import claims_data  # the claims file, dive_nb/claims.json (read once)
 
 def paper_claims(
     paper: str,  # the paper's name in the claims file: 'DiVE', 'm²-mix', 'MPS-Tuning', 'Prompt-OT', 'CS-Aligner'
