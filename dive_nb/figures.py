@@ -370,7 +370,8 @@ def figure_m2mix_reliability(ctx: ReportInputs):
             ax.errorbar(conf, acc, yerr=sd, fmt="o-", ms=3, capsize=2, color=method_colour(m_) if m_ != zero_shot_method() else "0.3",
                         label=f"{arm} (ECE {R['ece'].mean():.1f}%)")
         ax.set_xlabel("confidence (max softmax probability)"); ax.set_ylabel("accuracy in the bin (%)")
-        ax.set_title(f"m²-mix: calibration of the zero-shot ID head\n({_seeds(D)})", fontsize=8)  # two lines: fits the width; ax.legend(fontsize=7)
+        ax.set_title(f"m²-mix: calibration of the zero-shot ID head\n({_seeds(D)})", fontsize=8)  # two lines: fits the width
+        ax.legend(fontsize=7)
     return fig
 
 def figure_csaligner_gap(ctx: ReportInputs, n_lines: int = 30):
