@@ -301,7 +301,7 @@ def figure_mps_fewshot(ctx: ReportInputs):
     D = D[D["variant"] == "main"]
     with _style():
         fig, (ax,) = _figure(width=3.8, height=2.8)
-        for m in dict.fromkeys(D["method"]):  # in the order the experiment ran them (papers.mps.methods)
+        for m in [m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])]:
             g = D[D["method"] == m].groupby("shots")["id_acc"].agg(["mean", "std"])
             ax.errorbar(g.index, g["mean"], yerr=np.nan_to_num(g["std"]), fmt="o-", ms=3, capsize=2, color=method_colour(m), label=m)
         ax.set_xscale("log", base=2); ax.set_xlabel("shots per class (K)"); ax.set_ylabel("ID accuracy (%)")

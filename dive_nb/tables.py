@@ -491,7 +491,7 @@ def table_mps_fewshot(ctx: ReportInputs) -> Table:
     D = _papers(ctx, "mps")
     D = D[D.get("variant", pd.Series(index=D.index, dtype=object)) == "main"]
     if not len(D): raise _Skip("no main few-shot runs in papers/mps.json")
-    ms = list(dict.fromkeys(D["method"]))  # in the order the experiment ran them (papers.mps.methods)
+    ms = [m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])] + sorted(set(D["method"]) - {"mps", "coop", "lp", "ft"})
     Ks = sorted(int(k) for k in D["shots"].unique())
     g = D.groupby(["method", "shots"])
     mean, std, n = g["id_acc"].mean(), g["id_acc"].std(), g["seed"].nunique()
