@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .paper_numbers import paper_numbers
+from .methods import METHODS
 
 # %% auto #0
 __all__ = ['BASELINES', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed', 'wise_ood', 'regime_rows', 'regime_markdown',
            'calibrate', 'evaluate_grid', 'tries_table', 'main']
 
 # %% ../nbs/27_calibration.ipynb #f9cf7486
-BASELINES = ("zeroshot", "lp", "ft", "lpft", "flyp")  # the only methods a calibration try may run (plus ft's WiSE-FT curve)
-TRAINED = ("lp", "ft", "lpft", "flyp")  # the baselines that train
+BASELINES = tuple(n for n, m in METHODS.items() if m.calibrates)  # `Method.calibrates`: zeroshot, lp, ft, lpft, flyp (+ ft's WiSE-FT curve)
+TRAINED = tuple(n for n in BASELINES if METHODS[n].phases)  # the baselines that train
 
 def check_baselines(
     methods,  # method names a calibration try is asked to run

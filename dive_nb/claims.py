@@ -12,9 +12,10 @@ import pandas as pd
 from scipy import stats
 
 # %% auto #0
-__all__ = ['VERDICTS', 'SETS', 'SCALARS', 'DIVE_CLAIMS', 'ARM_SCALARS', 'ARM_COLUMNS', 'CLAIM_COLUMNS', 'WORLD_CRITERIA',
-           'WORLD_CLAIMS', 'verdict', 'combine', 'pooled', 'compare_accuracy', 'compare_scalar', 'Claim', 'judge',
-           'judge_refsize', 'curve_ood_at', 'judge_effective_robustness', 'judge_cost', 'ArmClaim', 'other_claims',
+__all__ = ['VERDICTS', 'SETS', 'SCALARS', 'DIVE_CLAIMS', 'JUDGES', 'ARM_SCALARS', 'ARM_COLUMNS', 'CLAIM_COLUMNS',
+           'WORLD_CRITERIA', 'WORLD_CLAIMS', 'verdict', 'combine', 'pooled', 'compare_accuracy', 'compare_scalar',
+           'Claim', 'paper_claims', 'dive_claim', 'judge', 'judge_refsize', 'curve_ood_at',
+           'judge_effective_robustness', 'judge_cost', 'ArmClaim', 'resolve_arm', 'claim_experiments', 'other_claims',
            'judge_arms', 'other_claims_frame', 'claims_frame', 'table_claims', 'selection_lrs', 'table_regime',
            'worlds_frame', 'table_worlds']
 
@@ -98,35 +99,25 @@ class Claim:
     rivals: tuple  # ((method, margin), ...)
     evidence: str  # the paper's numbers
     note: str = ""
+    judge: str = ""  # the rule that judges it, a key of JUDGES ('': subject against rivals on the main runs)
 
 SCALARS = {"RSA": "geometry.rsa", "RSA image": "geometry.rsa_img"}
-_OOD3 = (("flyp", 0.0), ("flyp_replay", 0.0), ("snd", 0.0))
-_GEOM = (("flyp", 0.0), ("flyp_replay", 0.0), ("snd", 0.0), ("dive_avl", 0.0), ("dive_pvl", 0.0), ("dive_cos", 0.0))
-_RSA_EV = "RSA 0.981 vs FLYP 0.825, replay 0.850, SnD 0.847, AVL 0.978, PVL 0.976, cosine 0.949"
 
-DIVE_CLAIMS: tuple[Claim, ...] = (
-    Claim("DiVE", "D1", "OOD average above FLYP, FLYP + replay (ARF proxy) and SnD", "OOD", "dive", _OOD3,
-          "ImageNet shifts: 63.2 vs FLYP 59.5, ARF 61.3, SnD 60.7"),
-    Claim("DiVE", "D2", "zero-shot kept (≥ pre-trained − 1) and above FLYP + replay and SnD", "ZS", "dive",
-          (("zeroshot", 1.0), ("flyp_replay", 0.0), ("snd", 0.0)), "10 datasets: 63.7 vs pre-trained 63.2, ARF 55.6, SnD 54.4"),
-    Claim("DiVE", "D3", "ID kept: ≥ FLYP − 1", "ID", "dive", (("flyp", 1.0),), "ImageNet: 82.5 vs FLYP 82.2",
-          "selection caps the regularisation weight at 1 point of FLYP's ID validation accuracy (select.tolerance)"),
-    Claim("DiVE", "D4", "geometry kept: RSA above FLYP, replay, SnD, AVL only, PVL only, cosine constraint", "RSA", "dive",
-          _GEOM, _RSA_EV),
-    Claim("DiVE", "D4", "geometry kept, image side: RSA above the same six", "RSA image", "dive", _GEOM,
-          _RSA_EV + " (recipe not published)"),
-    Claim("DiVE", "D5", "both terms: above AVL only and PVL only on OOD", "OOD", "dive", (("dive_avl", 0.0), ("dive_pvl", 0.0)),
-          "gains over FLYP: AVL +3.4, PVL +3.1, both +3.7 (OOD)"),
-    Claim("DiVE", "D5", "both terms: above AVL only and PVL only on zero-shot", "ZS", "dive", (("dive_avl", 0.0), ("dive_pvl", 0.0)),
-          "gains over FLYP: AVL +13.4, PVL +13.2, both +14.2 (ZS)"),
-    Claim("DiVE", "D6", "EMA centre: α = 0.99 above α = 0 on OOD", "OOD", "dive", (("dive_alpha0", 0.0),), "62.9 vs 61.7"),
-    Claim("DiVE", "D7", "difference vectors above the cosine-similarity constraint on RSA", "RSA", "dive",
-          (("dive_cos", 0.0),), "0.981 vs 0.949"),
-    Claim("DiVE", "D9", "weight ensembling (α = 0.5, fixed in advance) keeps or raises OOD", "OOD", "dive_wise",
-          (("dive", 0.0),), "63.2 → 63.5"),
-    Claim("DiVE", "D9", "weight ensembling (α = 0.5, fixed in advance) keeps or raises zero-shot", "ZS", "dive_wise",
-          (("dive", 0.0),), "63.7 → 64.6"),
-)
+from .paper_numbers import claims_data  # the claims file, dive_nb/claims.json (read once)
+
+def paper_claims(
+    paper: str,  # the paper's name in the claims file: 'DiVE', 'm²-mix', 'MPS-Tuning', 'Prompt-OT', 'CS-Aligner'
+) -> dict:  # paper, source (its citation key in paper_numbers.json), experiment, defaults, claims
+    "One paper's entry of the claims file."
+    return next(p for p in claims_data()["papers"] if p["paper"] == paper)
+
+def dive_claim(d: dict) -> Claim:  # `d`: one DiVE claim of the claims file
+    "A DiVE claim of the claims file as a Claim."
+    return Claim("DiVE", d["id"], d["claim"], d["metric"], d["subject"], tuple((r, float(m)) for r, m in d["rivals"]),
+                 d["evidence"], d.get("note", ""), d.get("judge", ""))
+
+DIVE_CLAIMS: tuple[Claim, ...] = tuple(dive_claim(d) for d in paper_claims("DiVE")["claims"])  # D1-D11, in table order
+
 
 # %% ../nbs/31_claims.ipynb #37b4039e
 def _seeds_of(df: pd.DataFrame, method: str) -> list[int]:
@@ -169,32 +160,26 @@ def judge(
     return _row(c, world, ours, comps)
 
 # %% ../nbs/31_claims.ipynb #94bf9651
-def judge_refsize(ctx, world: str = "world 0") -> list[dict]:
-    "D8: OOD and zero-shot grow with the reference-set size (each adjacent pair of the refsize sweep + the main run)."
-    c = lambda m: Claim("DiVE", "D8", f"reference-set size: {m} grows with it (Flickr8K < COCO < CC3M analogue)", m, "dive", (),
-                        "Flickr8K < COCO < CC3M, all above the baselines (numbers not found)")
+def judge_refsize(c: Claim, ctx, world: str = "world 0") -> dict:
+    "D8: the claim's metric grows with the reference-set size (each adjacent pair of the refsize sweep + the subject's main run)."
     S = ctx.sweep("refsize")
-    if not len(S): return [_row(c(m), world, np.nan, [("refsize sweep", None)]) for m in ("OOD", "ZS")]
+    if not len(S): return _row(c, world, np.nan, [("refsize sweep", None)])
     seed = int(S["seed"].iloc[0])
-    pts = sorted(((int(float(v)), ctx.preds(p, "dive")) for v, p in zip(S["value"], S["path"])), key=lambda x: x[0])
-    main = ctx.run_preds("dive", seed)  # the main run: the whole reference set
+    pts = sorted(((int(float(v)), ctx.preds(p, c.subject)) for v, p in zip(S["value"], S["path"])), key=lambda x: x[0])
+    main = ctx.run_preds(c.subject, seed)  # the main run: the whole reference set
     pts = [(f"{v}", p) for v, p in pts] + [("all", None if main is None else main[1])]
-    rows = []
-    for m in ("OOD", "ZS"):
-        comps = [(f"{a} < {b}", None if pa is None or pb is None else compare_accuracy([pb], [pa], m, 0.0, ctx.n_boot, ctx.seed))
-                 for (a, pa), (b, pb) in zip(pts, pts[1:])]
-        rows.append(_row(c(m), world, np.nan, comps))
-    return rows
+    comps = [(f"{a} < {b}", None if pa is None or pb is None else compare_accuracy([pb], [pa], c.metric, 0.0, ctx.n_boot, ctx.seed))
+             for (a, pa), (b, pb) in zip(pts, pts[1:])]
+    return _row(c, world, np.nan, comps)
 
 def curve_ood_at(curve: list[dict], id_acc: float) -> float:
     "OOD average of a WiSE-FT curve at a given ID accuracy (linear in ID between the curve's points, clamped at its ends)."
     pts = sorted((p["id_acc"], p["ood_avg"]) for p in curve)
     return float(np.interp(id_acc, [x for x, _ in pts], [y for _, y in pts]))
 
-def judge_effective_robustness(ctx, world: str = "world 0", subject: str = "dive", base: str = "flyp") -> dict:
-    "D10: the subject's OOD above the base's WiSE-FT curve at the subject's ID accuracy, per seed (t interval)."
-    c = Claim("DiVE", "D10", f"effective robustness: OOD above {base}'s WiSE-FT curve at {subject}'s ID accuracy", "OOD",
-              subject, (), "no paper number (guards D1: more than moving less)")
+def judge_effective_robustness(c: Claim, ctx, world: str = "world 0") -> dict:
+    "D10: the subject's OOD above its rival's WiSE-FT curve at the subject's ID accuracy, per seed (t interval)."
+    subject, base = c.subject, c.rivals[0][0]
     M = ctx.main
     b = M[(M["method"] == base)] if len(M) else M
     if not len(b) or "curve" not in b or b["curve"].isna().all() or subject not in set(M["method"]):
@@ -205,18 +190,21 @@ def judge_effective_robustness(ctx, world: str = "world 0", subject: str = "dive
     r = compare_scalar(s["ood_acc.avg"].astype(float), on)
     return _row(c, world, float(s["ood_acc.avg"].astype(float).mean()), [(f"{base} curve", r)])
 
-def judge_cost(ctx, world: str = "world 0") -> dict:
-    "D11 (informational): DiVE / FLYP step time and peak memory from the step-time benchmark, beside the paper's."
-    c = Claim("DiVE", "D11", "cost over FLYP: time and memory ratios", "cost", "dive", (), "1.64× time, 2.74× memory")
+def judge_cost(c: Claim, ctx, world: str = "world 0") -> dict:
+    "D11 (informational): subject / rival step time and peak memory from the step-time benchmark, beside the paper's."
+    s, b = c.subject, c.rivals[0][0]
     p = Path(ctx.metrics_dir) / "cost.json"
     row = _row(c, world, np.nan, [])
     if not p.exists(): return {**row, "verdict": "not run", "detail": "no cost.json (benchmarks/step_time.py)"}
     B = pd.DataFrame(json.loads(p.read_text())).drop_duplicates("method", keep="last").set_index("method")
-    if not {"dive", "flyp"} <= set(B.index): return {**row, "verdict": "not run", "detail": "cost.json lacks dive or flyp"}
-    t = float(B.loc["dive", "sec_per_step"] / B.loc["flyp", "sec_per_step"])
-    mem = float(B.loc["dive", "peak_mb"] / B.loc["flyp", "peak_mb"]) if "peak_mb" in B else np.nan
+    if not {s, b} <= set(B.index): return {**row, "verdict": "not run", "detail": f"cost.json lacks {s} or {b}"}
+    t = float(B.loc[s, "sec_per_step"] / B.loc[b, "sec_per_step"])
+    mem = float(B.loc[s, "peak_mb"] / B.loc[b, "peak_mb"]) if "peak_mb" in B else np.nan
     return {**row, "ours": t, "n_seeds": 0, "verdict": "informational",
             "detail": f"time ×{t:.2f}, peak memory ×{mem:.2f} (benchmarks/step_time.py, {p})"}
+
+JUDGES = {"": judge, "refsize": judge_refsize, "effective_robustness": judge_effective_robustness, "cost": judge_cost}
+
 
 # %% ../nbs/31_claims.ipynb #bb5f72d2
 SETS.update({"R@1 i2t": ("ret_i2t",), "R@1 t2i": ("ret_t2i",), "arithmetic": ("arith",), "novel": ("bn_novel",),
@@ -249,86 +237,60 @@ def _arm(rows: pd.DataFrame, **match) -> str | None:
         m = m[m[k] == v]
     return None if not len(m) else str(m["arm"].iloc[0])
 
-def _ev(paper: str, key: str) -> str:
-    from dive_nb.paper_numbers import paper_numbers
-    return paper_numbers()["other_papers"][paper][key]
 
 # %% ../nbs/31_claims.ipynb #3e0d9a4d
-def _r1(sub: str, riv: str, mg: float = 0.0) -> tuple:
-    "Both retrieval directions: the comparisons (metric, subject, rival, margin) of R@1 image-to-text and text-to-image."
-    return tuple((f"R@1 {d}", sub, riv, mg) for d in ("i2t", "t2i"))
+def _records_env(
+    R: pd.DataFrame,  # an experiment's final rows (empty when not run)
+    defaults: dict,  # the paper's `defaults` in the claims file (K, N when the records do not say)
+) -> dict:  # ks (every K), shots (them in words), K (the largest), N, N2 (= 2N)
+    "The numbers a claim's text and arms are written with, from the experiment's records."
+    num = lambda col: sorted(int(x) for x in pd.to_numeric(R[col], errors="coerce").dropna().unique()) if col in R else []
+    ks, Ns = num("shots"), num("n_pairs")
+    N = Ns[0] if Ns else defaults.get("N")
+    return {"ks": ks, "shots": ", ".join(map(str, ks)), "K": max(ks) if ks else defaults.get("K"), "N": N,
+            "N2": None if N is None else 2 * N}
 
-def _m2mix_claims() -> list[ArmClaim]:
-    "m²-mix's claims M1-M6 (pair fine-tuning with m²-mix against the CLIP loss alone)."
-    m = "m2mix_pairs"
-    return [ArmClaim("m²-mix", "M1", "retrieval R@1 above CLIP-loss pair fine-tuning, both directions", "m2mix", _r1(m, "clip_pairs"), _ev("m2mix", "M1")),
-            ArmClaim("m²-mix", "M2", "lower ECE than CLIP-loss pair fine-tuning", "m2mix", (("ECE", m, "clip_pairs", 0.0),), _ev("m2mix", "M2")),
-            ArmClaim("m²-mix", "M3", "better alignment and uniformity than CLIP-loss pair fine-tuning", "m2mix",
-                     (("alignment", m, "clip_pairs", 0.0), ("uniformity", m, "clip_pairs", 0.0)), _ev("m2mix", "M3")),
-            ArmClaim("m²-mix", "M4", "zero-shot accuracy under shift (OOD styles) ≥ CLIP-loss pair fine-tuning", "m2mix",
-                     (("OOD", m, "clip_pairs", 1.0),), _ev("m2mix", "M4")),
-            ArmClaim("m²-mix", "M5", "embedding arithmetic (image + text('c′ s') − text('c s')) above CLIP-loss pair fine-tuning",
-                     "m2mix", (("arithmetic", m, "clip_pairs", 0.0),), _ev("m2mix", "M5"), "SIMAT's analogue"),
-            ArmClaim("m²-mix", "M6", "captioning", "m2mix", (), _ev("m2mix", "M6"), "needs a caption decoder", "out of scope")]
+def resolve_arm(
+    spec,  # a name template, {column: value} the arm's records match, or {"prefix", "default"}
+    R: pd.DataFrame,  # the experiment's final rows
+    env: dict,  # the values of the templates (_records_env, plus k in a for_each_k claim)
+    exp: str,  # the experiment (names an arm that no row matches)
+) -> str:
+    "The arm a claim names, from the experiment's records."
+    if isinstance(spec, str): return spec.format(**env)
+    if "prefix" in spec:
+        pre, default = spec["prefix"].format(**env), spec["default"].format(**env)
+        return next((x for x in R["arm"] if str(x).startswith(pre)), default) if len(R) else default
+    kw = {k: env[v[1:-1]] if isinstance(v, str) and v[:1] + v[-1:] == "{}" else v for k, v in spec.items()}
+    return _arm(R, **kw) or f"{exp} ({kw})"
 
-def _mps_claims(
-    R: pd.DataFrame,  # the final rows of papers.mps (empty when not run): its arms are named from them
-) -> list[ArmClaim]:
-    "MPS-Tuning's claims P1-P5 at the largest K of the few-shot runs."
-    shots = sorted(int(k) for k in R["shots"].dropna().unique()) if "shots" in R else []
-    K = max(shots) if shots else 16
-    a = lambda **kw: _arm(R, **kw) or f"mps ({kw})"
-    full, ce = a(method="mps", shots=K, variant="main"), a(variant="ce only")
-    gram, sculpt, glob, loc = a(variant="+ gram"), a(variant="+ sculpt"), a(variant="gram global only"), a(variant="gram local only")
-    return [ArmClaim("MPS-Tuning", "P1", f"few-shot ID accuracy above CoOp and the linear probe at every K ({', '.join(map(str, shots))})",
-                     "mps", tuple(("ID", a(method="mps", shots=k, variant="main"), a(method=r, shots=k, variant="main"), 0.0)
-                                  for k in shots for r in ("coop", "lp")), _ev("mps", "P1")),
-            ArmClaim("MPS-Tuning", "P2", f"ablation at K = {K}: CE + MAR and CE + HMS each above CE only, the full objective above both",
-                     "mps", (("ID", gram, ce, 0.0), ("ID", sculpt, ce, 0.0), ("ID", full, gram, 0.0), ("ID", full, sculpt, 0.0)),
-                     _ev("mps", "P2"), "MAR = the Gram terms, HMS = sculpting"),
-            ArmClaim("MPS-Tuning", "P3", f"MAR variants at K = {K}: global only and local only each above none, both above each",
-                     "mps", (("ID", glob, sculpt, 0.0), ("ID", loc, sculpt, 0.0), ("ID", full, glob, 0.0), ("ID", full, loc, 0.0)),
-                     _ev("mps", "P3"), "none = CE + HMS"),
-            ArmClaim("MPS-Tuning", "P4", f"domain generalisation at K = {K}: OOD average above zero-shot's and CoOp's", "mps",
-                     (("OOD", full, a(method="zeroshot"), 0.0), ("OOD", full, a(method="coop", shots=K, variant="main"), 0.0)), _ev("mps", "P4")),
-            ArmClaim("MPS-Tuning", "P5", f"the manifold is kept: RSA to the pre-trained model above CE-only tuning's (K = {K})", "mps",
-                     (("RSA", full, ce, 0.0),), _ev("mps", "P5"))]
+def _comparisons(d: dict, R: pd.DataFrame, env: dict, exp: str) -> tuple:
+    "A claim's comparisons (metric, subject arm, rival arm, margin): 'R@1' as both retrieval directions, each K of a for_each_k claim."
+    out = []
+    for e in ([{**env, "k": k} for k in env["ks"]] if d.get("for_each_k") else [env]):
+        for met, sub, riv, mg in d["comparisons"]:
+            s, r = resolve_arm(sub, R, e, exp), resolve_arm(riv, R, e, exp)
+            out += [(m, s, r, float(mg)) for m in ([f"R@1 {x}" for x in ("i2t", "t2i")] if met == "R@1" else [met])]
+    return tuple(out)
+
 
 # %% ../nbs/31_claims.ipynb #88b34083
-def _promptot_claims() -> list[ArmClaim]:
-    "Prompt-OT's claims O1-O4 (base-to-novel, cross-task, domain generalisation against CoOp)."
-    return [ArmClaim("Prompt-OT", "O1", "base-to-novel harmonic mean above CoOp's", "promptot", (("HM", "promptot", "coop", 0.0),), _ev("promptot", "O1")),
-            ArmClaim("Prompt-OT", "O2", "novel-class accuracy ≥ the pre-trained model's − 1", "promptot",
-                     (("novel", "promptot", "pretrained", 1.0),), _ev("promptot", "O2")),
-            ArmClaim("Prompt-OT", "O3", "cross-task: the other tasks' zero-shot accuracy after prompt learning above CoOp's", "promptot",
-                     (("ZS", "promptot", "coop", 0.0),), _ev("promptot", "O3")),
-            ArmClaim("Prompt-OT", "O4", "domain generalisation: OOD average above CoOp's", "promptot", (("OOD", "promptot", "coop", 0.0),),
-                     _ev("promptot", "O4"))]
-
-def _csaligner_claims(
-    S: pd.DataFrame,  # the final rows of papers.csaligner (empty when not run): N of the unpaired-data runs
-) -> list[ArmClaim]:
-    "CS-Aligner's claims S1-S6 (S6 out of scope)."
-    Ns = sorted(int(x) for x in S["n_pairs"].dropna().unique()) if "n_pairs" in S else []
-    N = Ns[0] if Ns else 1000
-    one, unp, two = f"paired_{N}", f"paired_{N}_unpaired_{2 * N}", f"paired_{2 * N}"
-    multi = next((x for x in S["arm"] if str(x).startswith(f"paired_{N}_captions_")), f"paired_{N}_captions_k") if len(S) else f"paired_{N}_captions_k"
-    return [ArmClaim("CS-Aligner", "S1", "smaller modality gap than InfoNCE-only alignment", "csaligner", (("modality gap", "nce_cs", "nce", 0.0),),
-                     _ev("csaligner", "S1")),
-            ArmClaim("CS-Aligner", "S2", "retrieval R@1 above InfoNCE-only alignment, both directions", "csaligner", _r1("nce_cs", "nce"),
-                     _ev("csaligner", "S2")),
-            ArmClaim("CS-Aligner", "S3", f"{N} paired + {2 * N} unpaired above {N} paired, and ≥ {2 * N} paired", "csaligner",
-                     _r1(unp, one) + _r1(unp, two, 1.0), _ev("csaligner", "S3"), "the paper's metric is text-to-image FID, ours retrieval R@1"),
-            ArmClaim("CS-Aligner", "S4", "several captions per image in the CS term above one", "csaligner", _r1(multi, one), _ev("csaligner", "S4")),
-            ArmClaim("CS-Aligner", "S5", "a token-level CS term (patch vs caption tokens) improves retrieval", "csaligner",
-                     _r1("nce_cs_tokens", "nce_cs"), _ev("csaligner", "S5"), "the paper's metric is FID, 12.62 → 12.14; ours retrieval R@1"),
-            ArmClaim("CS-Aligner", "S6", "text-to-image generation FID", "csaligner", (), _ev("csaligner", "S6"),
-                     "needs diffusion decoders and FID over 30K images", "out of scope")]
+def claim_experiments() -> list[str]:
+    "The paper experiments (`papers.<exp>`) that judge the other papers' claims, in the claims file's order."
+    return list(dict.fromkeys(p["experiment"] for p in claims_data()["papers"] if "experiment" in p))
 
 def other_claims(records: dict) -> list[ArmClaim]:  # `records`: experiment -> its final rows (a DataFrame), absent if not run
     "The 19 in-scope claims of m²-mix, MPS-Tuning, Prompt-OT and CS-Aligner, plus the out-of-scope ones, arms named from the records."
-    E = lambda k: pd.DataFrame(columns=["arm"]) if k not in records else records[k]
-    return _m2mix_claims() + _mps_claims(E("mps")) + _promptot_claims() + _csaligner_claims(E("csaligner"))
+    out = []
+    for p in claims_data()["papers"]:
+        if "experiment" not in p: continue
+        exp = p["experiment"]
+        R = records[exp] if exp in records else pd.DataFrame(columns=["arm"])
+        env = _records_env(R, p.get("defaults", {}))
+        out += [ArmClaim(p["paper"], d["id"], d["claim"].format(**env), exp, _comparisons(d, R, env, exp), d["evidence"],
+                         d.get("note", ""), d.get("verdict", "")) for d in p["claims"]]
+    return out
+
 
 # %% ../nbs/31_claims.ipynb #22df9f1d
 def judge_arms(
@@ -371,7 +333,7 @@ def other_claims_frame(ctx, world: str = "world 0") -> pd.DataFrame:
     "Every claim of the other four papers judged on the `papers` stage's records (CLAIM_COLUMNS)."
     import torch
     recs, cache = {}, {}
-    for exp in ("m2mix", "mps", "promptot", "csaligner"):
+    for exp in claim_experiments():
         p = Path(ctx.metrics_dir) / "papers" / f"{exp}.json"
         if p.exists():
             r = pd.DataFrame(json.loads(p.read_text()).get("rows", []))
@@ -394,10 +356,7 @@ def claims_frame(
     world: str = "world 0",
 ) -> pd.DataFrame:  # CLAIM_COLUMNS, one row per claim, in claim order
     "Every DiVE claim judged on the main records, then the other four papers' claims on their experiments' records."
-    rows = [judge(c, ctx, world) for c in DIVE_CLAIMS if c.claim_id < "D8"]
-    rows += judge_refsize(ctx, world)
-    rows += [judge(c, ctx, world) for c in DIVE_CLAIMS if c.claim_id == "D9"]
-    rows += [judge_effective_robustness(ctx, world), judge_cost(ctx, world)]
+    rows = [JUDGES[c.judge](c, ctx, world) for c in DIVE_CLAIMS]
     return pd.concat([pd.DataFrame(rows, columns=CLAIM_COLUMNS), other_claims_frame(ctx, world)], ignore_index=True)
 
 def table_claims(ctx):  # -> dive_nb.tables.Table
@@ -451,9 +410,9 @@ TABLES.update({"regime": table_regime, "claims": table_claims})
 
 # %% ../nbs/31_claims.ipynb #35de61af
 WORLD_CRITERIA = ("R1", "R2", "R3", "R6", "R7")  # the regime criteria the worlds stage's methods can answer
-_WORLD_TEXT = {"D1": "OOD average above FLYP", "D2": "zero-shot kept (≥ pre-trained − 1)", "D3": "ID kept: ≥ FLYP − 1"}
-WORLD_CLAIMS = tuple(replace(c, claim=_WORLD_TEXT[c.claim_id], rivals=tuple((r, m) for r, m in c.rivals if r in ("flyp", "zeroshot")),
-                             note="") for c in DIVE_CLAIMS if c.claim_id in _WORLD_TEXT)  # D1-D3 against FLYP and zero-shot only
+_W = claims_data()["worlds"]["claims"]  # D1-D3 reworded, against FLYP and the zero-shot model only
+WORLD_CLAIMS = tuple(replace(c, claim=_W[c.claim_id]["claim"], rivals=tuple((r, m) for r, m in c.rivals if r in _W[c.claim_id]["rivals"]),
+                             note="") for c in DIVE_CLAIMS if c.claim_id in _W)
 
 def worlds_frame(
     ctxs: dict,  # world name -> report context (records in .main, predictions through .run_preds)

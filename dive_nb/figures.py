@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import torch
 from .stats import _label, aggregate
-from .paper_numbers import method_order, paper_value, registry
+from .paper_numbers import figure_methods, method_order, paper_value, proposed, registry, zero_shot_method
 from .tables import SkipTable as _Skip, PAPER_LABEL, _ACC, _arm_stats, _curves, _papers, _seeds
 # every builder's `ctx` is a dive_nb.report.ReportInputs; annotations are not evaluated, so this module need not import the
 # report (which imports it)
 
 # %% auto #0
-__all__ = ['DIFFVEC_METHODS', 'FIGURES', 'PAPER_FIGURES', 'method_colour', 'save_figure', 'figure_geometry_rsa',
-           'figure_wise_curves', 'figure_lam_sweep', 'figure_unified', 'figure_world', 'diffvec_stats',
-           'figure_diffvec', 'figure_embedding_geometry', 'figure_mps_fewshot', 'figure_promptot',
-           'figure_csaligner_pairs', 'figure_m2mix_reliability', 'figure_csaligner_gap', 'figure_id_vs_ood']
+__all__ = ['FIGURES', 'PAPER_FIGURES', 'method_colour', 'save_figure', 'figure_geometry_rsa', 'figure_wise_curves',
+           'figure_lam_sweep', 'figure_unified', 'figure_world', 'diffvec_stats', 'figure_diffvec',
+           'figure_embedding_geometry', 'figure_mps_fewshot', 'figure_promptot', 'figure_csaligner_pairs',
+           'figure_m2mix_reliability', 'figure_csaligner_gap', 'figure_id_vs_ood']
 
 # %% ../nbs/35_figures.ipynb #e4409798
 _DPI = 120
@@ -128,14 +128,15 @@ def figure_lam_sweep(ctx: ReportInputs):
             for ax, c in zip(axes, cols):
                 ax.plot(xs, sub[(c, "mean")], "-o", ms=3, color=col, label=m)
         M = ctx.main
-        ref = aggregate(M[M["method"] == "flyp"], cols, by=["method"]) if len(M) and "flyp" in set(M["method"]) else None
+        base = registry()[proposed()].reference  # FLYP, the method DiVE regularises
+        ref = aggregate(M[M["method"] == base], cols, by=["method"]) if len(M) and base in set(M["method"]) else None
         for m in ms:  # the λ the ID-validation selection chose for the main runs, marked on each panel
             sel = M.loc[M["method"] == m, "config.hparams.lam"].dropna() if len(M) and "config.hparams.lam" in M else []
             i = next((k for k, v in enumerate(values) if len(sel) and not isinstance(v, str) and abs(float(v) - float(sel.iloc[0])) < 1e-12), None)
             if i is not None:
                 for ax in axes: ax.axvline(i, color=method_colour(m), ls=":", lw=1, label=f"selected λ ({m})")
         for ax, c in zip(axes, cols):
-            if ref is not None: ax.axhline(float(ref[(c, "mean")].iloc[0]), color=method_colour("flyp"), ls="--", lw=1, label="flyp (main runs)")
+            if ref is not None: ax.axhline(float(ref[(c, "mean")].iloc[0]), color=method_colour(base), ls="--", lw=1, label=f"{base} (main runs)")
             ax.set_xticks(range(len(values)), [f"{v:g}" if not isinstance(v, str) else v for v in values], rotation=45)
             ax.set_xlabel("λ (regularisation weight)"); ax.set_title(_label(c), fontsize=8)
             ax.set_ylabel("RSA vs pre-trained" if c == "geometry.rsa" else f"{_label(c)} accuracy (%)")
@@ -183,9 +184,10 @@ def figure_world(ctx: ReportInputs, n: int = 8, seed: int = 0):
     return fig
 
 # %% ../nbs/35_figures.ipynb #9078e67a
-def _probe_triplet(ctx: ReportInputs, methods=("flyp", "dive")) -> tuple[tuple, dict]:
-    "(seed, pre-trained probe (img, txt), {method: probe}) for the methods with predictions, seed-matched when possible."
-    z = ctx.run_preds("zeroshot")
+def _probe_triplet(ctx: ReportInputs, methods=None) -> tuple[tuple, dict]:
+    "(seed, pre-trained probe (img, txt), {method: probe}) for the methods (default: FLYP and DiVE) with predictions, seed-matched when possible."
+    methods = methods or (registry()[proposed()].reference, proposed())
+    z = ctx.run_preds(zero_shot_method())
     if z is None: raise _Skip("no zeroshot run with predictions (the pre-trained probe embeddings)")
     pre = (z[1]["probe_img"], z[1]["probe_txt"])
     got = {}
@@ -195,7 +197,6 @@ def _probe_triplet(ctx: ReportInputs, methods=("flyp", "dive")) -> tuple[tuple, 
     if not got: raise _Skip(f"no predictions of {' or '.join(methods)}")
     return pre, got
 
-DIFFVEC_METHODS = ("ft", "flyp", "flyp_replay", "snd", "dive_cos", "dive_avl", "dive_pvl", "dive")  # drawn when present
 
 def diffvec_stats(
     pre: tuple,  # (image, text) probe embeddings of the pre-trained model, unit norm, rows paired
@@ -210,16 +211,17 @@ def diffvec_stats(
 
 def figure_diffvec(ctx: ReportInputs):
     "Per method (mean ± std over seeds): how far the probe pairs moved, and how unequal their difference vectors are."
-    z = ctx.run_preds("zeroshot")
+    z = ctx.run_preds(zero_shot_method())
     if z is None: raise _Skip("no zeroshot run with predictions (the pre-trained probe embeddings)")
     pre = (z[1]["probe_img"], z[1]["probe_txt"])
     M, rows = ctx.need(), []
-    for m in method_order([m for m in DIFFVEC_METHODS if m in set(M["method"])]):
+    ms = figure_methods("diffvec")  # the methods whose Method.figures names it, drawn when present
+    for m in [m for m in ms if m in set(M["method"])]:
         for s in sorted(int(x) for x in M.loc[M["method"] == m, "seed"]):
             r = ctx.run_preds(m, s)
             if r is not None and "probe_img" in r[1]:
                 rows.append({"method": m, "seed": s, **diffvec_stats(pre, (r[1]["probe_img"], r[1]["probe_txt"]))})
-    if not rows: raise _Skip(f"no predictions of {', '.join(DIFFVEC_METHODS)}")
+    if not rows: raise _Skip(f"no predictions of {', '.join(ms)}")
     D = pd.DataFrame(rows)
     g = D.groupby("method", sort=False)[["shift", "spread", "pair_gap"]].agg(["mean", "std"])
     panels = (("shift", "moved: mean ‖Δ‖"), ("spread", "unequal: mean ‖Δ − mean Δ‖ (AVL)"),
@@ -316,15 +318,30 @@ def figure_promptot(ctx: ReportInputs):
         ax.set_title(f"Base-to-novel ({_seeds(_papers(ctx, 'promptot'))})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
+def _points(ax, labels: list[str], groups: dict, colours: list, ylabel: str):
+    "Grouped points with error bars (mean ± std) on an axis fitted to them: groups maps a legend label to (means, stds) over `labels`."
+    w = 0.8 / max(1, len(groups))
+    x = np.arange(len(labels))
+    ends = []
+    for i, ((lab, (m, s)), c) in enumerate(zip(groups.items(), colours)):
+        m, s = np.asarray(m, float), np.nan_to_num(np.asarray(s, float))
+        ax.errorbar(x + (i - (len(groups) - 1) / 2) * w, m, yerr=s, fmt="o", ms=4, capsize=3, color=c, label=lab)
+        ends += [*(m - s), *(m + s)]
+    lo, hi = np.nanmin(ends), np.nanmax(ends)
+    pad = max(0.15 * (hi - lo), 0.5)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7); ax.set_ylabel(ylabel)
+
 def figure_csaligner_pairs(ctx: ReportInputs):
-    "R@1 both ways of each CS-Aligner arm (InfoNCE vs + CS, unpaired data, several captions), mean ± std over seeds."
+    "R@1 both ways of each CS-Aligner arm (InfoNCE vs + CS, unpaired data, several captions), mean ± std over seeds, on an axis fitted to them."
     D = _papers(ctx, "csaligner")
     S = _arm_stats(D, ["pairs.i2t_r1", "pairs.t2i_r1"])
     with _style():
         fig, (ax,) = _figure(width=5.0, height=3.0)
-        _bars(ax, list(S["setting"]), {f"{d} R@1": (S[f"pairs.{d}_r1"], S[f"pairs.{d}_r1.std"]) for d in ("i2t", "t2i")},
-              _palette(2), "R@1 on test pairs (%)")
-        ax.set_title(f"CS-Aligner: alignment, unpaired data, several captions ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
+        _points(ax, list(S["setting"]), {f"{d} R@1": (S[f"pairs.{d}_r1"], S[f"pairs.{d}_r1.std"]) for d in ("i2t", "t2i")},
+                _palette(2), "R@1 on test pairs (%, axis not from 0)")
+        ax.set_title(f"CS-Aligner: alignment, unpaired data, several captions\n(mean ± std over {_seeds(D)})", fontsize=8)
+        ax.legend(fontsize=7)
     return fig
 
 # %% ../nbs/35_figures.ipynb #964e0071
@@ -350,10 +367,11 @@ def figure_m2mix_reliability(ctx: ReportInputs):
             R = D[D["arm"] == arm]
             conf, acc, sd = _reliability_curve(R)
             m_ = str(R["method"].iloc[0]) if "method" in R else arm
-            ax.errorbar(conf, acc, yerr=sd, fmt="o-", ms=3, capsize=2, color=method_colour(m_) if m_ != "zeroshot" else "0.3",
+            ax.errorbar(conf, acc, yerr=sd, fmt="o-", ms=3, capsize=2, color=method_colour(m_) if m_ != zero_shot_method() else "0.3",
                         label=f"{arm} (ECE {R['ece'].mean():.1f}%)")
         ax.set_xlabel("confidence (max softmax probability)"); ax.set_ylabel("accuracy in the bin (%)")
-        ax.set_title(f"m²-mix: calibration of the zero-shot ID head ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
+        ax.set_title(f"m²-mix: calibration of the zero-shot ID head\n({_seeds(D)})", fontsize=8)  # two lines: fits the width
+        ax.legend(fontsize=7)
     return fig
 
 def figure_csaligner_gap(ctx: ReportInputs, n_lines: int = 30):

@@ -188,6 +188,11 @@ class Method:
     weight: str | None = None  # ID-validation selection: the hyperparameter chosen within the tolerance (a regulariser's weight)
     weight_from: str | None = None  # ID-validation selection: copy this method's selected weight (ablations keep the full method's)
     sweeps: tuple = ()  # the one-method sweeps that vary it ('alpha', 'refsize')
+    reference: str | None = None  # the method it adds a regulariser to: gains, cost ratios and the λ sweep are read against it
+    ablation: str = ""  # the DiVE ablation table that shows it beside DiVE: 'ablation' (AVL / PVL only), 'alpha', 'cosine'
+    figures: tuple = ()  # the figures that draw a fixed set of methods and include it ('diffvec')
+    label: str | None = None  # its name in tables and legends, when not its registered name
+    calibrates: bool = False  # a baseline of the regime calibration (the only methods a calibration try may run)
 
     @property
     def needs_reference(self) -> bool:
@@ -249,37 +254,42 @@ _FLYP = "flyp"  # the learning-rate group of FLYP and every regulariser on top o
 register(Method("pretrain", "CLIP pretraining from scratch on image-caption pairs (the mini profile's pretrained model)",
                 (Phase(_BOTH + ("logit_scale",), {"replay": 1.0}),)))
 register(Method("zeroshot", "the pre-trained model, zero-shot heads from class-prompt templates",
-                order=0, paper_row="Zero-shot CLIP", colour="#7f7f7f"))
+                order=0, paper_row="Zero-shot CLIP", colour="#7f7f7f", calibrates=True))
 register(Method("lp", "linear probe on frozen image features", (Phase(("head",), {"ce": 1.0}, lr_mult=10.0),), "head",
-                order=1, colour="#bcbd22", lr_group="lp"))
+                order=1, colour="#bcbd22", lr_group="lp", calibrates=True))
 register(Method("ft", "cross-entropy fine-tuning of the image encoder and a zero-shot-initialised head",
-                (Phase(("visual", "head"), {"ce": 1.0}),), "head", order=2, paper_row="FT", colour="#ff7f0e", lr_group="ft"))
+                (Phase(("visual", "head"), {"ce": 1.0}),), "head", order=2, paper_row="FT", colour="#ff7f0e", lr_group="ft",
+                calibrates=True, figures=("diffvec",)))
 register(Method("lpft", "linear probe, then full fine-tuning from the probed head",
                 (Phase(("head",), {"ce": 1.0}, steps_frac=0.5, lr_mult=10.0), Phase(("visual", "head"), {"ce": 1.0}, steps_frac=0.5)),
-                "head", order=3, paper_row="LP-FT", colour="#8c564b", lr_group="lpft"))
+                "head", order=3, paper_row="LP-FT", colour="#8c564b", lr_group="lpft", calibrates=True))
 register(Method("wiseft", "weight-space interpolation of the ft run with the pre-trained weights",
-                classifier="head", hparams={"alpha": 0.5}, base="ft", order=4, colour="#e6ab02"))
+                classifier="head", hparams={"alpha": 0.5}, base="ft", order=4, colour="#e6ab02", label="ft (WiSE-FT)"))
 register(Method("dive_wise", "weight-space interpolation of the dive run with the pre-trained weights (α 0.5, fixed in advance)",
                 hparams={"alpha": 0.5}, base="dive", paper="DiVE", colour="#fb6a4a"))
 register(Method("flyp", "CLIP loss between ID images and class-prompt captions, both encoders",
-                (Phase(_BOTH, {"flyp": 1.0}),), order=5, paper_row="FLYP", colour="#1f77b4", lr_group=_FLYP))
+                (Phase(_BOTH, {"flyp": 1.0}),), order=5, paper_row="FLYP", colour="#1f77b4", lr_group=_FLYP,
+                calibrates=True, figures=("diffvec",)))
 register(Method("flyp_replay", "FLYP + CLIP loss on reference pairs", (Phase(_BOTH, {"flyp": 1.0, "replay": "w"}),),
-                hparams={"w": 1.0}, order=6, paper_row="FLYP+replay", colour="#17becf", lr_group=_FLYP, weight="w"))
+                hparams={"w": 1.0}, order=6, paper_row="FLYP+replay", colour="#17becf", lr_group=_FLYP, weight="w",
+                reference=_FLYP, figures=("diffvec",)))
 register(Method("snd", "FLYP + distillation of reference image embeddings to the frozen model",
                 (Phase(_BOTH, {"flyp": 1.0, "snd": "w"}),), hparams={"w": 1.0}, order=7, paper_row="SnD", colour="#9467bd",
-                lr_group=_FLYP, weight="w"))
+                lr_group=_FLYP, weight="w", reference=_FLYP, figures=("diffvec",)))
 _DIVE_HP = {"lam": 1.0, "alpha": 0.99}
-_DIVE = dict(paper="DiVE", lr_group=_FLYP)
+_DIVE = dict(paper="DiVE", lr_group=_FLYP, reference=_FLYP)
 register(Method("dive", "FLYP + lam * (AVL + PVL) on reference pairs, EMA centre",
                 (Phase(_BOTH, {"flyp": 1.0, "avl": "lam", "pvl": "lam"}),), hparams=dict(_DIVE_HP), order=12, paper_row="DiVE",
-                colour="#d62728", weight="lam", sweeps=("alpha", "refsize"), **_DIVE))
+                colour="#d62728", weight="lam", sweeps=("alpha", "refsize"), figures=("diffvec",), **_DIVE))
 register(Method("dive_avl", "FLYP + lam * AVL", (Phase(_BOTH, {"flyp": 1.0, "avl": "lam"}),), hparams=dict(_DIVE_HP), order=8,
-                paper_row="FLYP+AVL", colour="#f4a582", weight_from="dive", **_DIVE))
+                paper_row="FLYP+AVL",
+                colour="#f4a582", weight_from="dive", ablation="ablation", figures=("diffvec",), **_DIVE))
 register(Method("dive_pvl", "FLYP + lam * PVL", (Phase(_BOTH, {"flyp": 1.0, "pvl": "lam"}),), hparams={"lam": 1.0}, order=9,
-                paper_row="FLYP+PVL", colour="#e377c2", weight_from="dive", **_DIVE))
+                paper_row="FLYP+PVL",
+                colour="#e377c2", weight_from="dive", ablation="ablation", figures=("diffvec",), **_DIVE))
 register(Method("dive_alpha0", "DiVE with alpha = 0 (centre = current batch mean)",
                 (Phase(_BOTH, {"flyp": 1.0, "avl": "lam", "pvl": "lam"}),), hparams={"lam": 1.0, "alpha": 0.0}, order=10,
-                colour="#7b0000", weight_from="dive", **_DIVE))
+                colour="#7b0000", weight_from="dive", ablation="alpha", **_DIVE))
 register(Method("dive_cos", "FLYP + lam * cosine-similarity structure constraint on reference pairs",
                 (Phase(_BOTH, {"flyp": 1.0, "cos": "lam"}),), hparams={"lam": 1.0}, order=11, paper_row="cosine constraint",
-                colour="#c51b7d", weight="lam", **_DIVE))
+                colour="#c51b7d", weight="lam", ablation="cosine", figures=("diffvec",), **_DIVE))

@@ -8,7 +8,8 @@ import functools, json
 
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'paper_numbers', 'cite', 'registry', 'paper_rows', 'paper_value', 'paper_cost_ratio',
-           'method_order', 'paper_of', 'method_setting', 'is_core']
+           'method_order', 'paper_of', 'method_setting', 'claims_data', 'proposed', 'ablations', 'figure_methods',
+           'zero_shot_method', 'method_label', 'is_core']
 
 # %% ../nbs/33_paper_numbers.ipynb #d5928937
 @functools.cache  # read once: the report, the calibration and every cite() share it
@@ -90,6 +91,35 @@ def method_setting(method: str) -> str:
              ("prompts",): "prompt tokens (frozen encoders)", ("adapters",): "output adapters (frozen encoders)"}
     w = words.get(parts, " + ".join(parts))
     return ("linear head, then " + w) if len(m.phases) > 1 and m.phases[0].train == ("head",) else w
+
+@functools.cache  # read once
+def claims_data() -> dict:
+    "The claims file shipped with the package (`dive_nb/claims.json`): each paper's claims with its evidence (nbs/31_claims.ipynb)."
+    from importlib.resources import files
+    return json.loads((files("dive_nb") / "claims.json").read_text())
+
+def proposed() -> str:
+    "The DiVE paper's own method: the subject of its claims; the ablation, significance and cost tables centre on it."
+    return next(p for p in claims_data()["papers"] if p["paper"] == "DiVE")["claims"][0]["subject"]
+
+def ablations(
+    table: str,  # one of DiVE's ablation tables: 'ablation' (AVL / PVL only), 'alpha', 'cosine'
+) -> list[str]:  # in report order
+    "The methods whose `Method.ablation` puts them in the table (beside `proposed()`)."
+    return method_order(n for n, m in registry().items() if m.ablation == table)
+
+def figure_methods(figure: str) -> list[str]:  # in report order
+    "The methods whose `Method.figures` names the figure (its fixed set of methods)."
+    return method_order(n for n, m in registry().items() if figure in m.figures)
+
+def zero_shot_method() -> str:
+    "The registered method that is the pre-trained model itself (no training phase, no interpolation): its runs hold the pre-trained embeddings."
+    return next(n for n, m in registry().items() if not m.phases and m.base is None)
+
+def method_label(method: str) -> str:
+    "A method's name in tables and legends: `Method.label`, else its registered name."
+    m = registry().get(method)
+    return (m.label if m is not None else None) or method
 
 def is_core(method: str) -> bool:
     "The engine's core: the DiVE paper's methods and the baselines (every method that is not another paper's)."

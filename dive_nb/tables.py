@@ -12,6 +12,7 @@ import pandas as pd
 from .stats import _digits, _label, aggregate, fmt_mean_std, paired_bootstrap, summarise
 from .paper_numbers import PAPER, PAPER_SOURCE, is_core, method_order, method_setting
 from .paper_numbers import paper_cost_ratio, paper_of, paper_rows, paper_value
+from .paper_numbers import ablations, method_label, proposed, registry
 # every builder's `ctx` is a dive_nb.report.ReportInputs; annotations are not evaluated, so this module need not import the
 # report (which imports it)
 
@@ -150,14 +151,16 @@ def _paired_gain(M: pd.DataFrame, method: str, base: str, col: str) -> tuple[flo
 
 def table_ablation(ctx: ReportInputs) -> Table:
     "AVL / PVL / both: OOD and ZS gains over FLYP (per-seed differences), with the paper's gains."
-    M = ctx.need("flyp")
-    variants = [m for m in ("dive_avl", "dive_pvl", "dive") if m in set(M["method"])]
-    if not variants: raise _Skip("no main runs of dive_avl, dive_pvl or dive")
-    sub = M[M["method"].isin(["flyp", *variants])]
+    full = proposed()
+    base, wanted = registry()[full].reference, [*ablations("ablation"), full]  # FLYP; AVL only, PVL only, DiVE
+    M = ctx.need(base)
+    variants = [m for m in wanted if m in set(M["method"])]
+    if not variants: raise _Skip(f"no main runs of {', '.join(wanted[:-1])} or {wanted[-1]}")
+    sub = M[M["method"].isin([base, *variants])]
     md, num = _stats(sub, ["ood_acc.avg", "zs_acc.avg", "geometry.rsa"])
     for col, lab in (("ood_acc.avg", "Δ OOD avg"), ("zs_acc.avg", "Δ ZS avg")):
-        g = [_paired_gain(M, m, "flyp", col) if m != "flyp" else (np.nan, np.nan, 0) for m in md["method"]]
-        md[f"{lab} vs flyp"] = [fmt_mean_std(a, s, n, 1, signed=True) for a, s, n in g]
+        g = [_paired_gain(M, m, base, col) if m != base else (np.nan, np.nan, 0) for m in md["method"]]
+        md[f"{lab} vs {base}"] = [fmt_mean_std(a, s, n, 1, signed=True) for a, s, n in g]
         num[f"gain_{col}_mean"], num[f"gain_{col}_std"] = [a for a, _, _ in g], [s for _, s, _ in g]
     _add_paper(md, num, "ablation_gain", {"Δ OOD avg": "ood_avg", "Δ ZS avg": "zs_avg"}, signed=True)
     return Table("ablation", f"AVL / PVL ablation. OOD and ZS average (%) and their gain over FLYP (per-seed "
@@ -169,20 +172,21 @@ def table_alpha(ctx: ReportInputs) -> Table:
     "EMA coefficient of the AVL centre: the alpha sweep plus the dive_alpha0 and dive main runs."
     S, M, parts = ctx.sweep("alpha"), ctx.main, []
     if len(S): parts.append(S.assign(source="sweep", alpha=pd.to_numeric(S["value"], errors="coerce")))
-    for m, default in (("dive_alpha0", 0.0), ("dive", 0.99)):
-        r = M[M["method"] == m] if len(M) else M
+    ms = [*ablations("alpha"), proposed()]  # α = 0 and DiVE's α, each its registered default
+    for m in ms:
+        r, default = (M[M["method"] == m] if len(M) else M), float(registry()[m].hparams["alpha"])
         if len(r):
             a = (pd.to_numeric(r["config.hparams.alpha"], errors="coerce").fillna(default)
                  if "config.hparams.alpha" in r.columns else pd.Series(default, index=r.index))
             parts.append(r.assign(source="main runs", alpha=a.astype(float)))
-    if not len(S) and not any((p["method"] == "dive_alpha0").any() for p in parts):
-        raise _Skip("no alpha sweep and no dive_alpha0 runs")
+    if not len(S) and not any(p["method"].isin(ms[:-1]).any() for p in parts):
+        raise _Skip(f"no alpha sweep and no {' or '.join(ms[:-1])} runs")
     df = pd.concat(parts, ignore_index=True).sort_values(["alpha", "source"], kind="stable")
     md, num = _stats(df, [*_ACC, "geometry.rsa"], by=["method", "source", "alpha"])
     md["alpha"] = [f"{a:g}" for a in md["alpha"]]
     md = md.rename(columns={"alpha": "α"})
     pa = [next((v for k, v in PAPER["ema_alpha_ood_avg"].items() if np.isclose(a, k)), None)
-          if m in ("dive", "dive_alpha0") else None for m, a in zip(num["method"], num["alpha"])]
+          if m in ms else None for m, a in zip(num["method"], num["alpha"])]
     md[f"{PAPER_LABEL} OOD avg"] = [_fmt(v) for v in pa]
     num["paper_ood_avg"] = [np.nan if v is None else v for v in pa]
     main = df[df["source"] == "main runs"]
@@ -194,8 +198,9 @@ def table_alpha(ctx: ReportInputs) -> Table:
 
 def table_cosine(ctx: ReportInputs) -> Table:
     "Cosine-similarity structure constraint vs DiVE's difference-vector constraint."
-    M = ctx.need("dive_cos", "dive")
-    sub = M[M["method"].isin(["flyp", "dive_cos", "dive"])]
+    full = proposed()
+    M = ctx.need(*ablations("cosine"), full)
+    sub = M[M["method"].isin([registry()[full].reference, *ablations("cosine"), full])]
     md, num = _stats(sub, [*_ACC, "geometry.rsa_img", "geometry.rsa_txt", "geometry.rsa"])
     _add_paper(md, num, "rsa", {"RSA": None}, digits=3)
     return Table("cosine", f"Cosine-similarity constraint (dive_cos) vs difference-vector constraint (dive), FLYP for "
@@ -229,7 +234,7 @@ def _curves(ctx: ReportInputs) -> dict[str, dict]:
         for m in method_order(ok["method"]):
             if m in out: continue
             r = ok[ok["method"] == m].sort_values("seed").iloc[0]
-            out[m] = {"label": "ft (WiSE-FT)" if m == "wiseft" else m, "seed": int(r["seed"]), "source": source,
+            out[m] = {"label": method_label(m), "seed": int(r["seed"]), "source": source,
                       "curve": sorted(r["curve"], key=lambda p: p["alpha"])}
     return {m: out[m] for m in method_order(out)}
 
@@ -275,7 +280,9 @@ def _benchmark(ctx: ReportInputs, name: str = "cost.json") -> pd.DataFrame | Non
         raise ValueError(f"{p}: expected a list of {{method, sec_per_step, peak_mb, ...}} rows (benchmarks/step_time.py)")
     return pd.DataFrame(rows).drop_duplicates("method", keep="last").set_index("method")
 
-def _ratio(x: pd.Series, base: str = "flyp") -> np.ndarray:
+def _ratio(x: pd.Series, base: str | None = None) -> np.ndarray:
+    "x over the reference method's (DiVE's `Method.reference`, FLYP) x; NaN without it."
+    base = base or registry()[proposed()].reference
     return (x / x.loc[base]).to_numpy() if base in x.index and np.isfinite(x.loc[base]) else np.full(len(x), np.nan)
 
 def _cost_runs(md: pd.DataFrame, num: pd.DataFrame, sub: pd.DataFrame, methods: list[str], cols: list[str]) -> None:
@@ -320,7 +327,8 @@ def _cost_sequential(md: pd.DataFrame, num: pd.DataFrame, S: pd.DataFrame, metho
 
 def _cost_paper(md: pd.DataFrame, num: pd.DataFrame, methods: list[str]) -> None:
     "The paper's DiVE / FLYP time and memory ratios (FLYP's are 1), added to md and num."
-    paper = {"flyp": (1.0, 1.0), "dive": (paper_cost_ratio("time"), paper_cost_ratio("memory"))}
+    full = proposed()
+    paper = {registry()[full].reference: (1.0, 1.0), full: (paper_cost_ratio("time"), paper_cost_ratio("memory"))}
     md[f"{PAPER_LABEL} time ×FLYP"] = [_fmt(paper[m][0], 2) if m in paper else "" for m in methods]
     md[f"{PAPER_LABEL} memory ×FLYP"] = [_fmt(paper[m][1], 2) if m in paper else "" for m in methods]
     num["paper_time_ratio"] = [paper[m][0] if m in paper else np.nan for m in methods]
@@ -344,7 +352,8 @@ def _cost_notes(B: pd.DataFrame | None, S: pd.DataFrame | None, methods: list[st
              "passes, FLYP's peak memory) in a second benchmark; the other columns use the fused pass (one forward and "
              "backward over ID + reference)." if S is not None else "") + " The "
              "paper's numbers are GPU memory 117K → 321K MB and 35.9 → 58.9 h of training. " + _REF_NOTE]
-    if "flyp" not in methods: notes.insert(0, "No flyp measurement: ratios left blank.")
+    base = registry()[proposed()].reference
+    if base not in methods: notes.insert(0, f"No {base} measurement: ratios left blank.")
     return notes
 
 def table_cost(ctx: ReportInputs) -> Table:
@@ -373,8 +382,9 @@ def _pooled(pa: dict, pb: dict, prefixes: tuple) -> tuple[np.ndarray, np.ndarray
     if not keys or any(pa[k].shape != pb[k].shape for k in keys): return None
     return np.concatenate([pa[k].reshape(-1) for k in keys]), np.concatenate([pb[k].reshape(-1) for k in keys])
 
-def table_significance(ctx: ReportInputs, target: str = "dive") -> Table:
-    "DiVE vs each baseline on ID, pooled OOD and pooled ZS: mean ± std over seeds and a paired bootstrap."
+def table_significance(ctx: ReportInputs, target: str | None = None) -> Table:
+    "DiVE (`target`, default `proposed()`) vs each baseline on ID, pooled OOD and pooled ZS: mean ± std over seeds and a paired bootstrap."
+    target = target or proposed()
     M = ctx.need(target)
     rows = []
     for base in [m for m in ctx.methods() if m != target]:

@@ -61,3 +61,19 @@ def test_every_report_table_shows_the_toy(toy, tmp_path):
     assert order.index("flyp") < order.index("toy") < order.index("dive")  # its `order`, between FLYP's family and DiVE
     assert "Toy paper" in next(l for l in rows if l.startswith("| toy"))  # its paper, not 'baseline'
     assert figures.method_colour("toy") == "#123456" and not paper_numbers.is_core("toy") and paper_numbers.is_core("dive")
+
+
+def test_claims_and_report_sets_name_registered_methods():
+    "Every DiVE claim's subject and rivals, the worlds' rivals and every fixed set the report reads are registered methods."
+    from dive_nb.claims import DIVE_CLAIMS, WORLD_CLAIMS, JUDGES, claims_data
+    R = paper_numbers.registry()
+    for c in DIVE_CLAIMS + WORLD_CLAIMS:
+        assert c.subject in R and all(r in R for r, _ in c.rivals), c.claim_id
+        assert c.judge in JUDGES
+    assert all(r in R for v in claims_data()["worlds"]["claims"].values() for r in v["rivals"])
+    full = paper_numbers.proposed()
+    assert R[full].reference in R
+    for t in ("ablation", "alpha", "cosine"):
+        assert paper_numbers.ablations(t) and all(R[m].reference == R[full].reference for m in paper_numbers.ablations(t))
+    assert set(paper_numbers.figure_methods("diffvec")) <= set(R) and paper_numbers.zero_shot_method() in R
+    assert all(R[m].label is None or isinstance(R[m].label, str) for m in R)
