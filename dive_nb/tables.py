@@ -334,6 +334,12 @@ def _cost_paper(md: pd.DataFrame, num: pd.DataFrame, methods: list[str]) -> None
     num["paper_time_ratio"] = [paper[m][0] if m in paper else np.nan for m in methods]
     num["paper_memory_ratio"] = [paper[m][1] if m in paper else np.nan for m in methods]
 
+def _design(r0) -> str:
+    "How the benchmark paired its measurements (its `design` field; older files: interleaved rounds of whole runs)."
+    d = r0.get("design")
+    if isinstance(d, str) and d: return d
+    return f"median of {int(r0.get('repeats', 1))} interleaved rounds; the interval is a bootstrap over rounds"
+
 def _cost_notes(B: pd.DataFrame | None, S: pd.DataFrame | None, methods: list[str]) -> list[str]:
     "The cost table's notes: what (runs), (benchmark) and (sequential) measure, the benchmark's floor, the paper's numbers."
     floor = ""
@@ -341,12 +347,12 @@ def _cost_notes(B: pd.DataFrame | None, S: pd.DataFrame | None, methods: list[st
         r0 = B.iloc[0]
         floor = (f" The floor (a bare open_clip step on the ID + reference batch over one on the ID batch) is "
                  f"{float(r0['floor']):.3f}× in this benchmark ({r0.get('device', '?')}, {r0.get('reference_pass', '?')} reference pass, "
-                 f"median of {int(r0.get('repeats', 1))} interleaved rounds; the interval is a bootstrap over rounds).")
+                 f"{_design(r0)}).")
     notes = ["(runs): measured during the training runs, while the stage's `workers` processes share the machine's "
              "cores (two workers on two cores in the mini pipeline), so they include contention: read relative cost "
              "from the benchmark (mean ± std over seeds; peak RSS, where recorded, is the process's resident memory, "
              "interpreter and data included). (benchmark): benchmarks/step_time.py, one process per method on the same "
-             "random data, methods interleaved over rounds, ratios taken within a round (memory: the peak above the "
+             "random data, ratios to FLYP measured side by side (memory: the peak above the "
              "process's baseline after the model and data are built; the allocator's on a GPU)." + floor + (
              " (sequential): the methods with a reference batch run with `reference_pass: sequential` (two backward "
              "passes, FLYP's peak memory) in a second benchmark; the other columns use the fused pass (one forward and "
