@@ -53,12 +53,22 @@ def _peak_mb() -> float:
 
 
 class _Baton:
-    "Lockstep child: wait for the parent's `go` before each step, report each step's seconds after it (stdin / stdout)."
-    def __init__(self, on: bool): self.on = on
+    """A lockstep child's side of the protocol (stdin / stdout): say `ready <steps>` once set up, read `rounds <R>`, then
+    before each of the first R steps wait for `go` and after it print `step <seconds>`; steps past R run freely."""
+    def __init__(self, on: bool): self.on, self.rounds, self.n = on, 0, 0
     def wait(self) -> None:
-        if self.on and sys.stdin.readline().strip() != "go": raise SystemExit("lockstep: the parent stopped")
-    def report(self, seconds: float) -> None:
-        if self.on: print(f"step {seconds!r}", flush=True)
+        if sys.stdin.readline().strip() != "go": raise SystemExit("lockstep: the parent stopped")
+    def start(self, steps: int) -> None:
+        if not self.on: return
+        print(f"ready {steps}", flush=True)
+        msg = sys.stdin.readline().split()
+        if len(msg) != 2 or msg[0] != "rounds": raise SystemExit("lockstep: the parent stopped")
+        self.rounds = int(msg[1])
+        if self.rounds > 0: self.wait()
+    def step_done(self, seconds: float) -> None:
+        if not self.on or self.n >= self.rounds: return
+        print(f"step {seconds!r}", flush=True); self.n += 1
+        if self.n < self.rounds: self.wait()
 
 
 def _hook_train_loop(baton: _Baton) -> None:
@@ -68,13 +78,13 @@ def _hook_train_loop(baton: _Baton) -> None:
     import dive_nb.train as T
     for name in ("_progress_bar", "_write_checkpoint"):
         if not hasattr(T, name): raise SystemExit(f"error: dive_nb.train.{name} is gone: update benchmarks/step_time.py's lockstep hooks")
-    bar, ckpt, seen = T._progress_bar, T._write_checkpoint, {"t": 0.0, "n": 0}
+    bar, ckpt, seen = T._progress_bar, T._write_checkpoint, {"t": 0.0}
     def progress_bar(run):
-        baton.wait(); return bar(run)
+        baton.start(run.total - run.done); return bar(run)
     def write_checkpoint(run, *args):
-        baton.report(run.t_all - seen["t"]); seen["t"] = run.t_all; seen["n"] += 1
+        dt = run.t_all - seen["t"]; seen["t"] = run.t_all
         ckpt(run, *args)
-        if seen["n"] < run.total: baton.wait()
+        baton.step_done(dt)
     T._progress_bar, T._write_checkpoint = progress_bar, write_checkpoint
 
 
@@ -84,8 +94,8 @@ def _bare(clip, imgs, tokens, steps, prepare, dev, autocast, baton: _Baton | Non
     loss_fn, opt = open_clip.ClipLoss(), torch.optim.AdamW(clip.parameters(), lr=1e-4)
     clip.train(); times = []
     baton = baton or _Baton(False)
+    baton.start(steps)
     for s in range(steps):
-        baton.wait()
         if dev.type == "cuda": torch.cuda.synchronize()
         t0 = time.perf_counter()
         x, t = prepare(imgs[s % len(imgs)]), tokens[s % len(tokens)].to(dev)
@@ -95,7 +105,7 @@ def _bare(clip, imgs, tokens, steps, prepare, dev, autocast, baton: _Baton | Non
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         if dev.type == "cuda": torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        baton.report(times[-1])
+        baton.step_done(times[-1])
     timed = times[2:] or times  # skip two warm-up steps when there are more
     return sum(timed) / len(timed)
 
@@ -188,7 +198,14 @@ def _lockstep(a, base: list[str]) -> tuple[dict, dict]:
     steps = {m: [] for m in a.methods}
     rng = random.Random(0)
     try:
-        for k in range(a.steps):
+        totals = {}
+        for m, p in procs.items():  # every process set up (model, data, optimizer) before the first timed step
+            msg = p.stdout.readline().split()
+            if len(msg) != 2 or msg[0] != "ready": raise SystemExit(f"error: the {m} process stopped while setting up (its error is above)")
+            totals[m] = int(msg[1])
+        R = min(a.steps, *totals.values())  # a method with phases may round its step count
+        for p in procs.values(): p.stdin.write(f"rounds {R}\n"); p.stdin.flush()
+        for k in range(R):
             order = list(procs); rng.shuffle(order)
             for m in order:
                 p = procs[m]
@@ -197,7 +214,7 @@ def _lockstep(a, base: list[str]) -> tuple[dict, dict]:
                 if len(line) != 2 or line[0] != "step":
                     raise SystemExit(f"error: the {m} process stopped at step {k} (its error is above)")
                 steps[m].append(float(line[1]))
-            if (k + 1) % 10 == 0 or k + 1 == a.steps: print(f"step {k + 1}/{a.steps}", file=sys.stderr, flush=True)
+            if (k + 1) % 10 == 0 or k + 1 == R: print(f"round {k + 1}/{R}", file=sys.stderr, flush=True)
         rec = {}
         for m, p in procs.items():
             p.stdin.close(); out = p.stdout.read(); p.wait()  # the same buffered reader as the steps' lines
@@ -206,7 +223,7 @@ def _lockstep(a, base: list[str]) -> tuple[dict, dict]:
     finally:
         for p in procs.values():
             if p.poll() is None: p.kill()
-    w = min(a.warmup, a.steps - 1)
+    w = min(a.warmup, R - 1)
     return {m: t[w:] for m, t in steps.items()}, rec
 
 
