@@ -10,7 +10,7 @@ rounds (median, and a bootstrap interval of the mean over rounds).
     python benchmarks/step_time.py                                   # the tiny model, CPU, the mini batch sizes
     python benchmarks/step_time.py --params params.yaml --repeats 5  # the pipeline's tiny model (the `cost` stage)
     python benchmarks/step_time.py --methods flyp dive --reference-pass sequential
-    python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 16 --methods dive --steps 43 --block 5  # the paper's size on a CPU (slow)
+    python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 16 --methods dive --steps 13 --block 2 --floor-apart  # the paper's size on a CPU (slow)
     python benchmarks/step_time.py --model ViT-B-16 --image-size 224 --batch 512 --device cuda --precision bf16 --design interleaved
 
 `bare` is a plain open_clip forward + backward + AdamW step on the ID batch (images and class-prompt captions,
@@ -168,6 +168,13 @@ def bootstrap_mean(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float
     return statistics.fmean(xs), means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
+def bootstrap_diff(xs: list[float], ys: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    "mean(xs) - mean(ys) and its 95% percentile-bootstrap interval, the two samples resampled independently (unpaired)."
+    rng = random.Random(seed)
+    d = sorted(statistics.fmean(rng.choices(xs, k=len(xs))) - statistics.fmean(rng.choices(ys, k=len(ys))) for _ in range(n))
+    return statistics.fmean(xs) - statistics.fmean(ys), d[int(0.025 * n)], d[int(0.975 * n) - 1]
+
+
 def blocks(xs: list[float], block: int) -> list[list[float]]:
     "Consecutive blocks of `block` values (a last, shorter block is dropped)."
     return [xs[i:i + block] for i in range(0, len(xs) - block + 1, block)]
@@ -192,10 +199,11 @@ def _interleaved(a, base: list[str]) -> tuple[dict, dict]:
     return {m: [r["sec_per_step"] for r in rs] for m, rs in runs.items()}, runs
 
 
-def _lockstep(a, base: list[str]) -> tuple[dict, dict]:
+def _lockstep(a, base: list[str], methods: list[str] | None = None) -> tuple[dict, dict]:
     "Every method's process at once, one step each per round in a random order: method -> seconds of each timed step, and its record."
-    procs = {m: _child(base, m, lockstep=True) for m in a.methods}
-    steps = {m: [] for m in a.methods}
+    methods = methods or a.methods
+    procs = {m: _child(base, m, lockstep=True) for m in methods}
+    steps = {m: [] for m in methods}
     rng = random.Random(0)
     try:
         totals = {}
@@ -227,10 +235,12 @@ def _lockstep(a, base: list[str]) -> tuple[dict, dict]:
     return {m: t[w:] for m, t in steps.items()}, rec
 
 
-def summarise(T: dict, recs: dict, block: int = 1) -> tuple[list[dict], list[float]]:
+def summarise(T: dict, recs: dict, block: int = 1, paired: bool = True) -> tuple[list[dict], list[float]]:
     """Per method: median seconds per step, time ratio to FLYP, memory ratio, and distance to DiVE's floor with its interval.
     Ratios are taken within each block of `block` consecutive rounds as a ratio of summed seconds (robust to a single slow
-    step), then averaged and bootstrapped over the blocks; `block` 1 is a ratio per round."""
+    step), then averaged and bootstrapped over the blocks; `block` 1 is a ratio per round. `paired`: the floor's bare
+    steps ran in the same rounds as the methods (the distance is bootstrapped per block); otherwise in rounds of their own
+    (`--floor-apart`: the two means are bootstrapped independently)."""
     B = lambda m: [sum(b) for b in blocks(T[m], block)]
     ratio = lambda num, den: [x / y for x, y in zip(B(num), B(den))]
     floor = ratio("bare_ref", "bare")
@@ -242,7 +252,8 @@ def summarise(T: dict, recs: dict, block: int = 1) -> tuple[list[dict], list[flo
                "peak_above_mb": mem[m], "time_ratio": statistics.median(tr), "mem_ratio": mem[m] / mem["flyp"],
                "sec_per_step_runs": T[m], "time_ratio_blocks": tr, "rounds": len(T[m]), "block": block}
         if len(tr) >= 2:
-            row["above_floor"], row["above_floor_lo"], row["above_floor_hi"] = bootstrap_mean([t - f for t, f in zip(tr, floor)])
+            row["above_floor"], row["above_floor_lo"], row["above_floor_hi"] = (
+                bootstrap_mean([t - f for t, f in zip(tr, floor)]) if paired else bootstrap_diff(tr, floor))
         rows.append(row)
     return rows, floor
 
@@ -266,6 +277,9 @@ def main(argv=None) -> int:
     ap.add_argument("--design", default="lockstep", choices=["lockstep", "interleaved"],
                     help="lockstep: every method's process alive at once, one step each per round (needs the memory of all of "
                          "them at once); interleaved: whole runs, one method after another, --repeats rounds")
+    ap.add_argument("--floor-apart", action="store_true",
+                    help="lockstep: time the two bare steps (the floor) in rounds of their own, after the methods, so that "
+                         "only half the processes are alive at once (large models on a small machine)")
     ap.add_argument("--repeats", type=int, default=5, help="--no-lockstep: interleaved rounds over the methods (at least 5 for an interval)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -291,13 +305,20 @@ def main(argv=None) -> int:
     if a.ref_batch: base += ["--ref-batch", str(a.ref_batch)]
     if a.params: base += ["--params", a.params]
     if a.threads: base += ["--threads", str(a.threads)]
-    T, recs = (_lockstep if a.lockstep else _interleaved)(a, base)
+    apart = a.lockstep and a.floor_apart
+    if apart:  # the methods (FLYP among them) in lockstep, then the floor's two bare steps in lockstep
+        T, recs = _lockstep(a, base, [m for m in a.methods if m not in ("bare", "bare_ref")])
+        T2, recs2 = _lockstep(a, base, ["bare", "bare_ref"])
+        T, recs = {**T, **T2}, {**recs, **recs2}
+    else:
+        T, recs = (_lockstep if a.lockstep else _interleaved)(a, base)
     block = a.block if a.lockstep else 1
-    rows, floor = summarise(T, recs, block)
+    rows, floor = summarise(T, recs, block, paired=not apart)
     R = len(T["flyp"])
     import platform
     design = (f"lockstep: every method's process takes one step per round, in a random order, {R} timed rounds after {a.warmup} "
-              f"warm-up; ratios of summed seconds over blocks of {block} rounds, interval a bootstrap over the blocks" if a.lockstep
+              f"warm-up; ratios of summed seconds over blocks of {block} rounds, interval a bootstrap over the blocks"
+              + ("; the floor's two bare steps in rounds of their own (unpaired interval)" if apart else "") if a.lockstep
               else f"{R} interleaved round(s) of whole {a.steps}-step runs; ratios within a round, interval a bootstrap over rounds")
     print(f"device: {a.device} ({platform.processor() or platform.machine()}), model {a.model}, {a.image_size}px, {a.precision}, "
           f"ID batch {a.batch}, reference batch {a.ref_batch or max(1, a.batch // 4)}, threads {a.threads}, "
