@@ -161,18 +161,22 @@ def _one(a) -> dict:
             "reference_pass": res.get("reference_pass", a.reference_pass)}
 
 
+def _interval(draw, n: int, seed: int) -> tuple[float, float]:
+    "95% percentile interval of n bootstrap replicates `draw(rng)`."
+    rng = random.Random(seed)
+    d = sorted(draw(rng) for _ in range(n))
+    return d[int(0.025 * n)], d[int(0.975 * n) - 1]
+
+
 def bootstrap_mean(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     "Mean and 95% percentile-bootstrap interval of the mean (resampling the rounds, or the blocks of rounds)."
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(xs, k=len(xs))) for _ in range(n))
-    return statistics.fmean(xs), means[int(0.025 * n)], means[int(0.975 * n) - 1]
+    return (statistics.fmean(xs), *_interval(lambda r: statistics.fmean(r.choices(xs, k=len(xs))), n, seed))
 
 
 def bootstrap_diff(xs: list[float], ys: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     "mean(xs) - mean(ys) and its 95% percentile-bootstrap interval, the two samples resampled independently (unpaired)."
-    rng = random.Random(seed)
-    d = sorted(statistics.fmean(rng.choices(xs, k=len(xs))) - statistics.fmean(rng.choices(ys, k=len(ys))) for _ in range(n))
-    return statistics.fmean(xs) - statistics.fmean(ys), d[int(0.025 * n)], d[int(0.975 * n) - 1]
+    draw = lambda r: statistics.fmean(r.choices(xs, k=len(xs))) - statistics.fmean(r.choices(ys, k=len(ys)))
+    return (statistics.fmean(xs) - statistics.fmean(ys), *_interval(draw, n, seed))
 
 
 def blocks(xs: list[float], block: int) -> list[list[float]]:
