@@ -8,15 +8,17 @@ import json, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .paper_numbers import paper_numbers
+from .paper_numbers import paper_numbers, registry, wise_baseline
 from .methods import METHODS
 
 # %% auto #0
-__all__ = ['BASELINES', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed', 'wise_ood', 'regime_rows', 'regime_markdown',
-           'calibrate', 'evaluate_grid', 'tries_table', 'main']
+__all__ = ['BASELINES', 'ROLES', 'ZS', 'LP', 'FT', 'LPFT', 'FLYP', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed',
+           'wise_ood', 'regime_rows', 'regime_markdown', 'calibrate', 'evaluate_grid', 'tries_table', 'main']
 
 # %% ../nbs/27_calibration.ipynb #f9cf7486
 BASELINES = tuple(n for n, m in METHODS.items() if m.calibrates)  # `Method.calibrates`: zeroshot, lp, ft, lpft, flyp (+ ft's WiSE-FT curve)
+ROLES = {m.calibrates: n for n, m in METHODS.items() if m.calibrates}  # role -> method: the criteria are written in roles
+ZS, LP, FT, LPFT, FLYP = (ROLES[r] for r in ("zero-shot", "LP", "FT", "LP-FT", "FLYP"))
 TRAINED = tuple(n for n in BASELINES if METHODS[n].phases)  # the baselines that train
 
 def check_baselines(
@@ -42,10 +44,11 @@ def by_seed(df: pd.DataFrame, method: str, col: str) -> pd.Series:
     if d.empty: raise ValueError(f"no records of {method!r}: the regime needs {', '.join(BASELINES)}")
     return d.set_index("seed")[col].astype(float)
 
-def wise_ood(df: pd.DataFrame, method: str = "ft") -> pd.DataFrame:
-    "The WiSE-FT curve of `method` recorded with its runs (or by `wiseft`, which records ft's): OOD average per alpha and seed."
+def wise_ood(df: pd.DataFrame, method: str = FT) -> pd.DataFrame:
+    "The WiSE-FT curve of `method` recorded with its runs (or by the method interpolating its weights, `wiseft` for ft): OOD average per alpha and seed."
     d = df[df["method"] == method]
-    if ("curve" not in d or d["curve"].isna().any()) and method == "ft": d = df[df["method"] == "wiseft"]
+    wise = [n for n in list(registry()) if wise_baseline(n) == method]  # the baseline that interpolates `method`
+    if ("curve" not in d or d["curve"].isna().any()) and wise: d = df[df["method"].isin(wise)]
     if "curve" not in d or d["curve"].isna().any() or not len(d):
         raise ValueError(f"the {method} records carry no WiSE-FT curve (evaluate them with wise=True)")
     return pd.DataFrame({s: {c["alpha"]: c["ood_avg"] for c in cur} for s, cur in zip(d["seed"], d["curve"])})
@@ -60,38 +63,38 @@ def regime_rows(
     "Evaluate R1-R8 (and the selection criterion) on the records."
     g = lambda m, c: by_seed(df, m, c)
     want = lambda cid: only is None or cid in only
-    zs = {c: float(g("zeroshot", c).mean()) for c in ("id_acc", "ood_acc.avg", "zs_acc.avg", "ood_acc.resampled")}
+    zs = {c: float(g(ZS, c).mean()) for c in ("id_acc", "ood_acc.avg", "zs_acc.avg", "ood_acc.resampled")}
     rows = []
     def add(cid, text, ours, ok): rows.append({"id": cid, "criterion": text, "paper": PAPER_REGIME[cid], "ours": ours, "pass": bool(ok)})
-    ft, fl, lp = (g(m, "id_acc") for m in ("ft", "flyp", "lp"))
-    if want("R1"): add("R1", "ft and flyp ID ≥ zero-shot ID + 8", f"zs {zs['id_acc']:.2f}; ft {_ms(ft)}; flyp {_ms(fl)}",
+    ft, fl, lp = (g(m, "id_acc") for m in (FT, FLYP, LP))
+    if want("R1"): add("R1", f"{FT} and {FLYP} ID ≥ zero-shot ID + 8", f"zs {zs['id_acc']:.2f}; ft {_ms(ft)}; flyp {_ms(fl)}",
         min(ft.mean(), fl.mean()) >= zs["id_acc"] + 8)
     share = (lp - zs["id_acc"]) / (ft - zs["id_acc"])
-    if want("R2"): add("R2", "(lp − zs) ≥ 0.6 (ft − zs) on ID", f"share {_ms(share)} (lp {_ms(lp)})",
+    if want("R2"): add("R2", f"({LP} − zs) ≥ 0.6 ({FT} − zs) on ID", f"share {_ms(share)} ({LP} {_ms(lp)})",
         lp.mean() - zs["id_acc"] >= 0.6 * (ft.mean() - zs["id_acc"]))
     styles = [c.split(".", 1)[1] for c in df.columns if c.startswith("ood_acc.") and c not in ("ood_acc.avg", "ood_acc.resampled")]
-    ft_ood = g("ft", "ood_acc.avg")
+    ft_ood = g(FT, "ood_acc.avg")
     drop = zs["ood_acc.avg"] - ft_ood
-    lower = [s for s in styles if g("ft", f"ood_acc.{s}").mean() < g("zeroshot", f"ood_acc.{s}").mean()]
-    if want("R3"): add("R3", "zs OOD − ft OOD in [2, 10]; ft < zs on ≥ 3 of the non-resampled styles",
+    lower = [s for s in styles if g(FT, f"ood_acc.{s}").mean() < g(ZS, f"ood_acc.{s}").mean()]
+    if want("R3"): add("R3", f"zs OOD − {FT} OOD in [2, 10]; {FT} < zs on ≥ 3 of the non-resampled styles",
         f"drop {_ms(drop)}; lower on {len(lower)}/{len(styles)} ({', '.join(lower) or 'none'})",
         2 <= drop.mean() <= 10 and len(lower) >= 3)
     if want("R4"):
-        gain = g("lpft", "ood_acc.avg") - ft_ood
-        add("R4", "lpft OOD ≥ ft OOD + 1", f"lpft − ft {_ms(gain)}", gain.mean() >= 1)
+        gain = g(LPFT, "ood_acc.avg") - ft_ood
+        add("R4", f"{LPFT} OOD ≥ {FT} OOD + 1", f"{LPFT} − {FT} {_ms(gain)}", gain.mean() >= 1)
     if want("R5"):
         w = wise_ood(df).mean(axis=1).sort_index()
         ends = max(w.iloc[0], w.iloc[-1]); inner = w.iloc[1:-1]
-        add("R5", "some α in (0, 1): ft WiSE-FT OOD ≥ 1 + the better end",
+        add("R5", f"some α in (0, 1): {FT} WiSE-FT OOD ≥ 1 + the better end",
             f"best α {inner.idxmax():g}: {inner.max():.2f} vs ends {w.iloc[0]:.2f} (α 0), {w.iloc[-1]:.2f} (α 1)",
             inner.max() >= ends + 1)
-    zdrop = zs["zs_acc.avg"] - g("flyp", "zs_acc.avg")
-    if want("R6"): add("R6", "flyp zero-shot average 8 to 30 below zero-shot's", f"drop {_ms(zdrop)}", 8 <= zdrop.mean() <= 30)
-    rs = g("ft", "ood_acc.resampled") - zs["ood_acc.resampled"]
-    if want("R7"): add("R7", "ft ≥ zero-shot + 3 on resampled", f"ft − zs {_ms(rs)}", rs.mean() >= 3)
-    fo = g("flyp", "ood_acc.avg")
-    if want("R8"): add("R8", "flyp OOD ≥ ft OOD + 1 and ≥ zero-shot OOD − 3",
-        f"flyp − ft {_ms(fo - ft_ood)}; flyp − zs {_ms(fo - zs['ood_acc.avg'])}",
+    zdrop = zs["zs_acc.avg"] - g(FLYP, "zs_acc.avg")
+    if want("R6"): add("R6", f"{FLYP} zero-shot average 8 to 30 below zero-shot's", f"drop {_ms(zdrop)}", 8 <= zdrop.mean() <= 30)
+    rs = g(FT, "ood_acc.resampled") - zs["ood_acc.resampled"]
+    if want("R7"): add("R7", f"{FT} ≥ zero-shot + 3 on resampled", f"{FT} − zs {_ms(rs)}", rs.mean() >= 3)
+    fo = g(FLYP, "ood_acc.avg")
+    if want("R8"): add("R8", f"{FLYP} OOD ≥ {FT} OOD + 1 and ≥ zero-shot OOD − 3",
+        f"{FLYP} − {FT} {_ms(fo - ft_ood)}; {FLYP} − zs {_ms(fo - zs['ood_acc.avg'])}",
         (fo - ft_ood).mean() >= 1 and fo.mean() >= zs["ood_acc.avg"] - 3)
     if lr_grid is not None and chosen_lr and want("sel"):
         lo, hi = min(lr_grid), max(lr_grid)
@@ -131,8 +134,8 @@ def calibrate(
     (m / "selection.json").write_text(json.dumps(chosen, indent=1))
     for k, v in chosen.items(): params.setdefault("methods", {}).setdefault(k, {}).update(v)
     seeds = [int(s) for s in params.get("seeds", [0])]
-    train_and_record(params, world, pre, teach, ["zeroshot", *methods], seeds, a / "runs", m, a / "preds")
-    lr_groups = {k: chosen[k]["lr"] for k in ("lp", "ft", "lpft", "flyp") if k in chosen}
+    train_and_record(params, world, pre, teach, [ZS, *methods], seeds, a / "runs", m, a / "preds")
+    lr_groups = {k: chosen[k]["lr"] for k in TRAINED if k in chosen}
     rows = regime_rows(load_records(m), (params.get("select") or {}).get("lr"), lr_groups)
     (m / "regime.md").write_text(regime_markdown(rows, f"Regime criteria of calibration try {m.name}"))
     pd.DataFrame(rows).to_csv(m / "regime.csv", index=False)
@@ -142,7 +145,7 @@ def calibrate(
 # %% ../nbs/27_calibration.ipynb #e18577fe
 def evaluate_grid(
     name: str,  # the try (folders artifacts/calibration/<name>, metrics/mini/calibration/<name>)
-    methods=("flyp",),  # baselines whose grid runs to score
+    methods=(FLYP,),  # baselines whose grid runs to score
     root: str | Path = ".",  # the repository root
 ) -> dict:  # run folder name -> {lr, id, ood (per style and avg), zs avg}
     "Score every selection run of a try's learning-rate grid (seed 0) in full; writes grid_eval.json beside its records."
@@ -185,7 +188,7 @@ def main(argv=None) -> int:
     try: check_baselines(a.methods if a.grid_eval is None else a.grid_eval)
     except ValueError as e: print(f"error: {e}"); return 2
     if a.grid_eval is not None:
-        evaluate_grid(a.name, a.grid_eval or ["flyp"]); return 0
+        evaluate_grid(a.name, a.grid_eval or [FLYP]); return 0
     calibrate(a.params, Path("artifacts/calibration") / a.name, Path("metrics/mini/calibration") / a.name, a.methods)
     return 0
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['INT1', 'INT0', 'POS', 'NONNEG', 'PROB', 'NAME', 'NAMES', 'TRAIN_RULES', 'WORLD_RULES', 'MODEL_RULES', 'PAIRS',
-           'SCHEMA', 'REQUIRED', 'ParamsError', 'Rule', 'check_section', 'check_methods', 'check_method_names',
-           'check_pair_pools', 'check_params', 'apply_variant', 'read_params', 'load_params']
+           'SCHEMA', 'PAPER_EXPERIMENTS', 'REQUIRED', 'ParamsError', 'Rule', 'check_section', 'check_methods',
+           'check_method_names', 'check_pair_pools', 'check_params', 'apply_variant', 'read_params', 'load_params']
 
 # %% ../nbs/28_config.ipynb #1d35bbe2
 class ParamsError(ValueError):
@@ -138,6 +138,7 @@ SCHEMA: dict = {
                "refsize": Rule("list", of=INT1), "wise": NAMES},
     "select": {"seed": INT0, "lr": Rule("list", of=POS, nonempty=True), "weight": Rule("list", of=NONNEG, nonempty=True),
                "tolerance": NONNEG, "lr_rule": Rule("str", choices=("best", "one_se"))}}
+PAPER_EXPERIMENTS = tuple(k for k in SCHEMA["papers"] if k != "seeds")  # the other papers' experiments: m2mix, mps, promptot, csaligner
 REQUIRED = ("seeds", "model", "finetune", "methods")  # without these a run would silently use built-in defaults
 
 # %% ../nbs/28_config.ipynb #7ff7a81c

@@ -18,10 +18,10 @@ from .teacher import TeacherCache, model_fingerprint, StaleTeacherCache
 from .zeroshot import zeroshot_classifier
 
 # %% auto #0
-__all__ = ['EXACT_KEYS', 'WORLD_METHODS', 'resolve_run', 'stage_world', 'model_name_of', 'load_suite', 'image_size_of',
-           'stage_pretrain', 'stage_teacher', 'profile_paths', 'resolve_device', 'ProfileContext', 'rounded',
-           'wise_curve', 'finetune', 'evaluate_run', 'run', 'worker_context', 'map_in_workers', 'finetune_many',
-           'sweep_runs', 'run_sweep', 'prepare_world', 'train_and_record', 'run_world', 'main']
+__all__ = ['EXACT_KEYS', 'resolve_run', 'stage_world', 'model_name_of', 'load_suite', 'image_size_of', 'stage_pretrain',
+           'stage_teacher', 'profile_paths', 'resolve_device', 'ProfileContext', 'rounded', 'wise_curve', 'finetune',
+           'evaluate_run', 'run', 'worker_context', 'map_in_workers', 'finetune_many', 'sweep_runs', 'run_sweep',
+           'prepare_world', 'train_and_record', 'run_world', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
 from .config import load_params, apply_variant, ParamsError  # one reader and validator (nbs/28_config.ipynb)
@@ -467,25 +467,24 @@ def prepare_world(
 
 def train_and_record(
     params: dict, world, pretrained, teacher,
-    methods,  # method names; `zeroshot` is evaluated, the others trained first (`workers` at a time)
+    methods,  # method names; the pre-trained model (`Method.untrained`: zeroshot) is evaluated, the others trained first (`workers` at a time)
     seeds,  # fine-tuning seeds
     runs: str | Path,  # run folders: runs/<method>-<seed>
     metrics: str | Path,  # records: metrics/<method>-<seed>.json
     preds: str | Path,  # per-example predictions: preds/<method>-<seed>.preds.pt
-    wise=("ft",),  # methods whose records carry their WiSE-FT curve
+    wise=None,  # methods whose records carry their WiSE-FT curve (None: those with `Method.wise_curve`, i.e. ft)
 ) -> list[dict]:  # the records, in the order evaluated
     "Train and evaluate methods x seeds into one folder of records."
     runs, metrics, preds = Path(runs), Path(metrics), Path(preds)
-    jobs = [(k, int(s), runs / f"{k}-{s}", {}) for k in methods if k != "zeroshot" for s in seeds]
+    wise = [n for n, m in METHODS.items() if m.wise_curve] if wise is None else list(wise)
+    jobs = [(k, int(s), runs / f"{k}-{s}", {}) for k in methods if not get_method(k).untrained for s in seeds]
     finetune_many(params, world, pretrained, teacher, jobs, workers=int(params.get("workers", 1)))
     ctx, out = ProfileContext(params, world, pretrained, teacher), []
-    for k, s, d, _ in [("zeroshot", int(s), runs, {}) for s in seeds if "zeroshot" in methods] + jobs:
+    for k, s, d, _ in [(k, int(s), runs, {}) for k in methods if get_method(k).untrained for s in seeds] + jobs:
         r = evaluate_run(ctx, k, s, d, metrics / f"{k}-{s}.json", preds / f"{k}-{s}.preds.pt", wise=k in wise)
         print(f"{k:9s} seed {s}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f}", flush=True)
         out.append(r)
     return out
-
-WORLD_METHODS = ("zeroshot", "lp", "ft", "flyp", "dive")  # `worlds.methods` default
 
 def run_world(
     params: dict,  # the frozen parameter set (world 0's selected hyperparameters in `methods:`)
@@ -499,7 +498,8 @@ def run_world(
     p = copy.deepcopy(params)
     p.setdefault("world", {})["seed"] = int(world_seed)
     w = p.get("worlds") or {}
-    methods, seed = list(w.get("methods", WORLD_METHODS)), int(w.get("seed", 0))
+    if not w.get("methods"): raise ParamsError("worlds.methods: the methods to train on the other worlds (e.g. [zeroshot, lp, ft, flyp, dive])")
+    methods, seed = list(w["methods"]), int(w.get("seed", 0))
     world, pre, teach = prepare_world(p, artifacts)
     a = Path(artifacts)
     return train_and_record(p, world, pre, teach, methods, [seed], a / "runs", metrics, preds or a / "preds")

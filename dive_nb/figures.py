@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from .stats import _label, aggregate
-from .paper_numbers import figure_methods, method_order, paper_value, proposed, registry, zero_shot_method
+from .paper_numbers import figure_methods, method_label, method_order, paper_value, proposed, registry, wise_baseline, zero_shot_method
 from .tables import SkipTable as _Skip, PAPER_LABEL, _ACC, _arm_stats, _curves, _papers, _seeds
 # every builder's `ctx` is a dive_nb.report.ReportInputs; annotations are not evaluated, so this module need not import the
 # report (which imports it)
@@ -301,7 +301,7 @@ def figure_mps_fewshot(ctx: ReportInputs):
     D = D[D["variant"] == "main"]
     with _style():
         fig, (ax,) = _figure(width=3.8, height=2.8)
-        for m in [m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])]:
+        for m in dict.fromkeys(D["method"]):  # the experiment's arms in order
             g = D[D["method"] == m].groupby("shots")["id_acc"].agg(["mean", "std"])
             ax.errorbar(g.index, g["mean"], yerr=np.nan_to_num(g["std"]), fmt="o-", ms=3, capsize=2, color=method_colour(m), label=m)
         ax.set_xscale("log", base=2); ax.set_xlabel("shots per class (K)"); ax.set_ylabel("ID accuracy (%)")
@@ -407,7 +407,7 @@ def _mean_curves(ctx: ReportInputs) -> dict[str, dict]:
     for m in method_order(ok["method"]):
         pts = pd.DataFrame([{**p, "seed": s} for s, c in zip(ok.loc[ok["method"] == m, "seed"], ok.loc[ok["method"] == m, "curve"]) for p in c])
         g = pts.groupby("alpha")[["id_acc", "ood_avg"]].mean()
-        out[m] = {"label": "ft (WiSE-FT)" if m == "wiseft" else f"{m} (WiSE-FT)", "n": pts["seed"].nunique(),
+        out[m] = {"label": method_label(m) if wise_baseline(m) else f"{m} (WiSE-FT)", "n": pts["seed"].nunique(),
                   "alpha": g.index.to_numpy(), "id": g["id_acc"].to_numpy(), "ood": g["ood_avg"].to_numpy()}
     return out
 
@@ -419,11 +419,11 @@ def figure_id_vs_ood(ctx: ReportInputs):
     with _style():
         fig, (ax,) = _figure(width=4.6, height=3.4)
         for m, c in curves.items():
-            base = "ft" if m == "wiseft" else m
+            base = wise_baseline(m) or m
             ax.plot(c["id"], c["ood"], "--", lw=1, marker=".", ms=3, color=method_colour(base), alpha=0.8,
                     label=f"{c['label']}, α 0 → 1 (mean of {c['n']} seed{'s' if c['n'] > 1 else ''})")
         for m in agg.index:
-            if m == "wiseft" and "wiseft" in curves: continue  # its curve is drawn
+            if wise_baseline(m) and m in curves: continue  # its curve is drawn
             r = agg.loc[m]
             ax.errorbar(r[("id_acc", "mean")], r[("ood_acc.avg", "mean")], xerr=np.nan_to_num(r[("id_acc", "std")]),
                         yerr=np.nan_to_num(r[("ood_acc.avg", "std")]), fmt="o", ms=4, color=method_colour(m), capsize=2, label=m)

@@ -15,7 +15,8 @@ from .losses.contrastive import clip_loss, zeroshot_ce_loss
 from .losses.dive import difference_vectors, avl_loss, pvl_loss, EMACenter, cosine_structure_loss
 
 # %% auto #0
-__all__ = ['TERMS', 'METHODS', 'FineTuneModel', 'StepContext', 'Term', 'Phase', 'Method', 'register', 'get_method']
+__all__ = ['TERMS', 'METHODS', 'FineTuneModel', 'StepContext', 'Term', 'Phase', 'Method', 'register', 'untrained_method',
+           'get_method']
 
 # %% ../nbs/20_methods.ipynb #ecfd0907
 class FineTuneModel(nn.Module):
@@ -192,7 +193,13 @@ class Method:
     ablation: str = ""  # the DiVE ablation table that shows it beside DiVE: 'ablation' (AVL / PVL only), 'alpha', 'cosine'
     figures: tuple = ()  # the figures that draw a fixed set of methods and include it ('diffvec')
     label: str | None = None  # its name in tables and legends, when not its registered name
-    calibrates: bool = False  # a baseline of the regime calibration (the only methods a calibration try may run)
+    calibrates: str = ""  # its role in the regime criteria ('zero-shot', 'LP', 'FT', 'LP-FT', 'FLYP'; the only methods a calibration try may run)
+    wise_curve: bool = False  # its records carry its WiSE-FT curve wherever it is trained (the regime's R5)
+
+    @property
+    def untrained(self) -> bool:
+        "The pre-trained model itself (zero-shot): no training phase and no interpolation; evaluated, never trained."
+        return not self.phases and self.base is None
 
     @property
     def needs_reference(self) -> bool:
@@ -242,6 +249,10 @@ def register(m: Method) -> Method:
     METHODS[m.name] = m
     return m
 
+def untrained_method() -> str:
+    "The registered method that is the pre-trained model itself (`Method.untrained`: zeroshot), the first arm of every experiment."
+    return next(n for n, m in METHODS.items() if m.untrained)
+
 def get_method(name: str, **overrides) -> Method:
     "The registered method `name`, with hyperparameters overridden."
     if name not in METHODS:
@@ -254,22 +265,22 @@ _FLYP = "flyp"  # the learning-rate group of FLYP and every regulariser on top o
 register(Method("pretrain", "CLIP pretraining from scratch on image-caption pairs (the mini profile's pretrained model)",
                 (Phase(_BOTH + ("logit_scale",), {"replay": 1.0}),)))
 register(Method("zeroshot", "the pre-trained model, zero-shot heads from class-prompt templates",
-                order=0, paper_row="Zero-shot CLIP", colour="#7f7f7f", calibrates=True))
+                order=0, paper_row="Zero-shot CLIP", colour="#7f7f7f", calibrates="zero-shot"))
 register(Method("lp", "linear probe on frozen image features", (Phase(("head",), {"ce": 1.0}, lr_mult=10.0),), "head",
-                order=1, colour="#bcbd22", lr_group="lp", calibrates=True))
+                order=1, colour="#bcbd22", lr_group="lp", calibrates="LP"))
 register(Method("ft", "cross-entropy fine-tuning of the image encoder and a zero-shot-initialised head",
                 (Phase(("visual", "head"), {"ce": 1.0}),), "head", order=2, paper_row="FT", colour="#ff7f0e", lr_group="ft",
-                calibrates=True, figures=("diffvec",)))
+                calibrates="FT", wise_curve=True, figures=("diffvec",)))
 register(Method("lpft", "linear probe, then full fine-tuning from the probed head",
                 (Phase(("head",), {"ce": 1.0}, steps_frac=0.5, lr_mult=10.0), Phase(("visual", "head"), {"ce": 1.0}, steps_frac=0.5)),
-                "head", order=3, paper_row="LP-FT", colour="#8c564b", lr_group="lpft", calibrates=True))
+                "head", order=3, paper_row="LP-FT", colour="#8c564b", lr_group="lpft", calibrates="LP-FT"))
 register(Method("wiseft", "weight-space interpolation of the ft run with the pre-trained weights",
                 classifier="head", hparams={"alpha": 0.5}, base="ft", order=4, colour="#e6ab02", label="ft (WiSE-FT)"))
 register(Method("dive_wise", "weight-space interpolation of the dive run with the pre-trained weights (α 0.5, fixed in advance)",
                 hparams={"alpha": 0.5}, base="dive", paper="DiVE", colour="#fb6a4a"))
 register(Method("flyp", "CLIP loss between ID images and class-prompt captions, both encoders",
                 (Phase(_BOTH, {"flyp": 1.0}),), order=5, paper_row="FLYP", colour="#1f77b4", lr_group=_FLYP,
-                calibrates=True, figures=("diffvec",)))
+                calibrates="FLYP", figures=("diffvec",)))
 register(Method("flyp_replay", "FLYP + CLIP loss on reference pairs", (Phase(_BOTH, {"flyp": 1.0, "replay": "w"}),),
                 hparams={"w": 1.0}, order=6, paper_row="FLYP+replay", colour="#17becf", lr_group=_FLYP, weight="w",
                 reference=_FLYP, figures=("diffvec",)))

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from .data import Split
-from .methods import METHODS, TERMS, Method, Phase, StepContext, Term, get_method
+from .methods import METHODS, TERMS, Method, Phase, StepContext, Term, get_method, untrained_method
 from .losses.contrastive import clip_loss
 from .geometry import alignment, uniformity
 from .models import create_model, prepare_images
@@ -20,12 +20,14 @@ from .experiment import (ProfileContext, finetune, resolve_run, provenance, map_
 from .other_methods import (csa_pair, hparam, replace_method, setup_adapters, step_memo, CSA_HPARAMS, cs_term, few_shot_split, base_novel_split,
                                    subsample_classes, harmonic_mean)
 from .methods import FineTuneModel
+from .config import PAPER_EXPERIMENTS
 
 # %% auto #0
-__all__ = ['CAPTION_ATTRS', 'PAIR_SOURCES', 'VAL_SHOT_SEED', 'EXPERIMENTS', 'TRAIN_KEYS', 'unpaired_precompute', 'world_captions',
-           'extra_captions', 'multicap_precompute', 'frozen_tokens', 'view', 'caption_pairs', 'run_view',
-           'pair_metrics', 'arithmetic', 'val_accuracy', 'reliability_bins', 'run_one', 'experiment_arms', 'lr_grid',
-           'selection_runs', 'select_lrs', 'final_runs', 'run_experiment']
+__all__ = ['CSA_PAIRS', 'CAPTION_ATTRS', 'CSA_MULTICAP', 'CSA_TOKENS', 'PAIR_SOURCES', 'VAL_SHOT_SEED', 'EXPERIMENTS',
+           'TRAIN_KEYS', 'unpaired_precompute', 'world_captions', 'extra_captions', 'multicap_precompute',
+           'frozen_tokens', 'view', 'caption_pairs', 'run_view', 'pair_metrics', 'arithmetic', 'val_accuracy',
+           'reliability_bins', 'run_one', 'experiment_arms', 'lr_grid', 'selection_runs', 'select_lrs', 'final_runs',
+           'run_experiment']
 
 # %% ../nbs/26_paper_experiments.ipynb #57668129
 @torch.no_grad()
@@ -67,10 +69,10 @@ def _csa_cs_pairs(ctx: StepContext) -> torch.Tensor:
 
 TERMS["csa_nce_pairs"] = Term(_csa_nce_pairs, "ref", "CS-Aligner's InfoNCE on adapted reference pairs")
 TERMS["csa_cs_pairs"] = Term(_csa_cs_pairs, "ref", "CS-Aligner's CS divergence on adapted pairs + an unpaired pool")
-replace_method(Method("csaligner_pairs", "CS-Aligner in its own setting: adapters on frozen encoders, InfoNCE + lam * CS on "
+CSA_PAIRS = replace_method(Method("csaligner_pairs", "CS-Aligner in its own setting: adapters on frozen encoders, InfoNCE + lam * CS on "
                 "image-caption pairs (+ unpaired images and captions)",
                 (Phase(("adapters",), {"csa_nce_pairs": 1.0, "csa_cs_pairs": "lam"}),),
-                hparams={**CSA_HPARAMS, "unpaired": 2.0}, setup=setup_adapters, precompute=unpaired_precompute))
+                hparams={**CSA_HPARAMS, "unpaired": 2.0}, setup=setup_adapters, precompute=unpaired_precompute)).name
 
 # %% ../nbs/26_paper_experiments.ipynb #449d0c21
 CAPTION_ATTRS = ("style", "shape", "size", "colour", "texture", "position", "background")
@@ -127,10 +129,10 @@ def _csa_cs_multi(ctx: StepContext) -> torch.Tensor:
     return cs_term(ctx, [img], [txt, extra])
 
 TERMS["csa_cs_multi"] = Term(_csa_cs_multi, "ref", "CS-Aligner's CS divergence on adapted images vs all their captions")
-replace_method(Method("csaligner_multicap", "CS-Aligner with several captions per image: adapters on frozen encoders, InfoNCE on "
+CSA_MULTICAP = replace_method(Method("csaligner_multicap", "CS-Aligner with several captions per image: adapters on frozen encoders, InfoNCE on "
                 "the paired caption + lam * CS between the images and all their captions",
                 (Phase(("adapters",), {"csa_nce_pairs": 1.0, "csa_cs_multi": "lam"}),),
-                hparams=dict(CSA_HPARAMS), setup=setup_adapters, precompute=multicap_precompute))
+                hparams=dict(CSA_HPARAMS), setup=setup_adapters, precompute=multicap_precompute)).name
 
 # %% ../nbs/26_paper_experiments.ipynb #4f3daa85
 def _project(x: torch.Tensor, proj) -> torch.Tensor:
@@ -158,10 +160,10 @@ def _csa_cs_tokens(ctx: StepContext) -> torch.Tensor:
     return torch.stack([cs_term(ctx, [zi[b]], [zt[b][mask[b]]]) for b in range(len(zi))]).mean()
 
 TERMS["csa_cs_tokens"] = Term(_csa_cs_tokens, "ref", "CS-Aligner's token-level CS divergence: each image's patch tokens vs its caption's tokens")
-replace_method(Method("csaligner_tokens", "CS-Aligner with its token-level term: adapters on frozen encoders, InfoNCE + lam * CS on "
+CSA_TOKENS = replace_method(Method("csaligner_tokens", "CS-Aligner with its token-level term: adapters on frozen encoders, InfoNCE + lam * CS on "
                       "image-caption pairs + lam_tok * the mean per-pair CS of patch vs word tokens",
                       (Phase(("adapters",), {"csa_nce_pairs": 1.0, "csa_cs_pairs": "lam", "csa_cs_tokens": "lam_tok"}),),
-                      hparams={**CSA_HPARAMS, "lam_tok": 1.0}, setup=setup_adapters, paper="CS-Aligner"))
+                      hparams={**CSA_HPARAMS, "lam_tok": 1.0}, setup=setup_adapters, paper="CS-Aligner")).name
 
 # %% ../nbs/26_paper_experiments.ipynb #1aa93ea3
 def view(
@@ -406,7 +408,7 @@ def run_one(
     return rounded(row)
 
 # %% ../nbs/26_paper_experiments.ipynb #1a1f0c1b
-EXPERIMENTS = ("m2mix", "mps", "promptot", "csaligner")
+EXPERIMENTS = PAPER_EXPERIMENTS  # their params sections (dive_nb.config), each with its arms function below
 TRAIN_KEYS = ("steps", "batch_size", "ref_batch_size")  # training settings an experiment section may set for all its runs
 
 def experiment_arms(
@@ -435,7 +437,7 @@ def _m2mix_arms(
     arms = []
     pairs = {"pairs": c.get("pairs", "id_detailed"), "ece": True, "arithmetic": True}
     over = {"ref_batch_size": c.get("pair_batch_size", 128)}
-    arms.append(mk("pretrained", "zeroshot", {}, **pairs))
+    arms.append(mk("pretrained", untrained_method(), {}, **pairs))
     arms += [mk(m, m, over, select=True, **pairs) for m in ("clip_pairs", "m2mix_pairs")]
     return arms
 
@@ -447,13 +449,14 @@ def _mps_arms(
     arms = []
     shots = [int(k) for k in c.get("shots", [1, 2, 4, 8, 16])]
     K, vs = max(shots), int(c.get("val_shots", 16))
-    arms.append(mk("pretrained", "zeroshot", {}, variant="pre-trained"))
+    methods = list(c.get("methods", ["mps", "coop", "lp"]))  # the paper's method first: the ablations vary it
+    arms.append(mk("pretrained", untrained_method(), {}, variant="pre-trained"))
     for k in shots:
         arms += [mk(f"{m}-k{k}", m, {}, select=k == K, lr_from=None if k == K else f"{m}-k{K}", shots=k, variant="main",
-                    val_shots=vs) for m in c.get("methods", ["mps", "coop", "lp"])]
+                    val_shots=vs) for m in methods]
     for var, over in (("ce only", {"lam1": 0.0, "lam2": 0.0}), ("+ gram", {"lam2": 0.0}), ("+ sculpt", {"lam1": 0.0}),
                       ("gram global only", {"gram_local": 0.0}), ("gram local only", {"gram_global": 0.0})):
-        arms.append(mk(f"mps-k{K}-{var.replace(' ', '_').replace('+', 'plus')}", "mps", over, lr_from=f"mps-k{K}",
+        arms.append(mk(f"{methods[0]}-k{K}-{var.replace(' ', '_').replace('+', 'plus')}", methods[0], over, lr_from=f"{methods[0]}-k{K}",
                        shots=K, variant=var, val_shots=vs))
     return arms
 
@@ -469,10 +472,11 @@ def _promptot_arms(
     base, novel = base_novel_split(list(range(int(C))))
     bn = {"classes": base, "base_novel": [base, novel]}
     K = int(c.get("shots", 16))
-    arms.append(mk("pretrained", "zeroshot", {}, variant="pre-trained", **bn))
-    arms.append(mk("promptot", "promptot", {}, select=True, shots=K, variant="prompt-ot", **bn))
-    arms.append(mk("coop", "coop", {}, select=True, shots=K, variant="coop", **bn))
-    arms.append(mk("no_ot", "promptot", {"lam": 0.0}, lr_from="promptot", shots=K, variant="no ot", **bn))
+    arms.append(mk("pretrained", untrained_method(), {}, variant="pre-trained", **bn))
+    P, B = "promptot", "coop"  # the paper's method and its baseline (each arm named after its method)
+    arms.append(mk(P, P, {}, select=True, shots=K, variant="prompt-ot", **bn))
+    arms.append(mk(B, B, {}, select=True, shots=K, variant="coop", **bn))
+    arms.append(mk("no_ot", P, {"lam": 0.0}, lr_from=P, shots=K, variant="no ot", **bn))
     return arms
 
 def _csaligner_arms(
@@ -484,17 +488,17 @@ def _csaligner_arms(
     over = {"ref_batch_size": c.get("pair_batch_size", 128)}
     pairs = {"pairs": c.get("pairs", "id_detailed")}
     N, k = int(c.get("n_paired", 1000)), c.get("captions_per_image")
-    arms.append(mk("pretrained", "zeroshot", {}, setting="pre-trained", **pairs))
-    arms.append(mk("nce", "csaligner_pairs", {**over, "lam": 0.0}, select=True, setting="InfoNCE, all pairs", **pairs))
-    arms.append(mk("nce_cs", "csaligner_pairs", over, select=True, setting="InfoNCE + CS, all pairs", **pairs))
+    arms.append(mk("pretrained", untrained_method(), {}, setting="pre-trained", **pairs))
+    arms.append(mk("nce", CSA_PAIRS, {**over, "lam": 0.0}, select=True, setting="InfoNCE, all pairs", **pairs))
+    arms.append(mk("nce_cs", CSA_PAIRS, over, select=True, setting="InfoNCE + CS, all pairs", **pairs))
     src = {"lr_from": "nce_cs", **pairs}
-    arms.append(mk("nce_cs_tokens", "csaligner_tokens", over, setting="InfoNCE + CS + token-level CS, all pairs", **src))
-    arms.append(mk(f"paired_{N}", "csaligner_pairs", over, n_pairs=N, setting=f"{N} paired", **src))
-    arms.append(mk(f"paired_{N}_unpaired_{2 * N}", "csaligner_pairs", over, n_pairs=N, unpaired=[N, 2 * N],
+    arms.append(mk("nce_cs_tokens", CSA_TOKENS, over, setting="InfoNCE + CS + token-level CS, all pairs", **src))
+    arms.append(mk(f"paired_{N}", CSA_PAIRS, over, n_pairs=N, setting=f"{N} paired", **src))
+    arms.append(mk(f"paired_{N}_unpaired_{2 * N}", CSA_PAIRS, over, n_pairs=N, unpaired=[N, 2 * N],
                    setting=f"{N} paired + {2 * N} unpaired", **src))
-    arms.append(mk(f"paired_{2 * N}", "csaligner_pairs", over, n_pairs=2 * N, setting=f"{2 * N} paired", **src))
+    arms.append(mk(f"paired_{2 * N}", CSA_PAIRS, over, n_pairs=2 * N, setting=f"{2 * N} paired", **src))
     if k:  # several captions per image (the mini world draws them from its caption model)
-        arms.append(mk(f"paired_{N}_captions_{k + 1}", "csaligner_multicap", over, n_pairs=N, captions_per_image=int(k),
+        arms.append(mk(f"paired_{N}_captions_{k + 1}", CSA_MULTICAP, over, n_pairs=N, captions_per_image=int(k),
                        setting=f"{N} paired, {int(k) + 1} captions each in the CS term", **src))
     return arms
 

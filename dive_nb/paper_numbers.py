@@ -9,7 +9,7 @@ import functools, json
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'paper_numbers', 'cite', 'registry', 'paper_rows', 'paper_value', 'paper_cost_ratio',
            'method_order', 'paper_of', 'method_setting', 'claims_data', 'proposed', 'ablations', 'figure_methods',
-           'zero_shot_method', 'method_label', 'is_core']
+           'zero_shot_method', 'wise_baseline', 'method_label', 'is_core']
 
 # %% ../nbs/33_paper_numbers.ipynb #d5928937
 @functools.cache  # read once: the report, the calibration and every cite() share it
@@ -114,7 +114,15 @@ def figure_methods(figure: str) -> list[str]:  # in report order
 
 def zero_shot_method() -> str:
     "The registered method that is the pre-trained model itself (no training phase, no interpolation): its runs hold the pre-trained embeddings."
-    return next(n for n, m in registry().items() if not m.phases and m.base is None)
+    from dive_nb.methods import untrained_method
+    return untrained_method()
+
+def wise_baseline(
+    method: str,  # a method name
+) -> str | None:  # the baseline whose WiSE-FT curve it records, or None
+    "The baseline a method interpolates with the pre-trained weights (`wiseft` → ft); None otherwise (DiVE's `dive_wise` is a method of its paper)."
+    m = registry().get(method)
+    return m.base if m is not None and m.base and not m.paper else None
 
 def method_label(method: str) -> str:
     "A method's name in tables and legends: `Method.label`, else its registered name."

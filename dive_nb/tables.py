@@ -12,6 +12,7 @@ import pandas as pd
 from .stats import _digits, _label, aggregate, fmt_mean_std, paired_bootstrap, summarise
 from .paper_numbers import PAPER, PAPER_SOURCE, is_core, method_order, method_setting
 from .paper_numbers import paper_cost_ratio, paper_of, paper_rows, paper_value
+from .config import PAPER_EXPERIMENTS
 from .paper_numbers import ablations, method_label, proposed, registry
 # every builder's `ctx` is a dive_nb.report.ReportInputs; annotations are not evaluated, so this module need not import the
 # report (which imports it)
@@ -468,13 +469,14 @@ def _arm_stats(D: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 
 _DIGITS3 = {"pairs.alignment", "pairs.uniformity", "geometry.modality_gap", "geometry.rsa"}  # shown with 3 decimals
 
-def _arm_table(D: pd.DataFrame, spec: dict, digits: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Formatted ('mean ± std') and numeric frames of the columns in spec (record key -> label), one row per arm."
+def _arm_table(D: pd.DataFrame, spec: dict, digits: dict | None = None, lr: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Formatted ('mean ± std') and numeric frames of the columns in spec (record key -> label), one row per arm (`lr`: its rate second)."
     S = _arm_stats(D, [k for k in spec if k in D.columns and pd.api.types.is_numeric_dtype(D[k])])
     keep = {k: v for k, v in spec.items() if k in S.columns}
     md = pd.DataFrame({lab: ([fmt_mean_std(m, s, n, (digits or {}).get(k, 3 if k in _DIGITS3 else 1))
                               for m, s, n in zip(S[k], S[f"{k}.std"], S["n"])] if f"{k}.std" in S else S[k].astype(str))
                        for k, lab in keep.items()})
+    if lr: md.insert(1, "lr", _lr(D))
     return md, S[["arm", "n"] + [c for k in keep for c in (k, f"{k}.std") if c in S and c != "arm"]]
 
 def _lr(D: pd.DataFrame) -> list[str]:
@@ -485,8 +487,8 @@ def table_m2mix(ctx: ReportInputs) -> Table:
     "m²-mix's setting: fine-tuning on image-caption pairs of a new distribution; retrieval, alignment / uniformity, ECE, arithmetic."
     D = _papers(ctx, "m2mix")
     md, num = _arm_table(D, {"arm": "arm", "pairs.i2t_r1": "i2t R@1", "pairs.t2i_r1": "t2i R@1", "pairs.alignment": "alignment",
-                             "pairs.uniformity": "uniformity", "ece": "ECE (%)", "arith_acc": "arithmetic (%)", "ood_avg": "OOD avg"})
-    md.insert(1, "lr", _lr(D))
+                             "pairs.uniformity": "uniformity", "ece": "ECE (%)", "arith_acc": "arithmetic (%)", "ood_avg": "OOD avg"},
+                       lr=True)
     return Table("m2mix_retrieval", f"m²-mix's setting: both encoders fine-tuned on image-caption pairs ({D['pairs'].iloc[0] if 'pairs' in D else 'id'} "
                  f"pairs) with the CLIP loss at 1/τ = 100 (clip_pairs) or CLIP + m²-mix (m2mix_pairs); R@1 (%) on the "
                  f"experiment's test pairs, alignment and uniformity of those pairs (lower is better), ECE of the zero-shot ID "
@@ -497,7 +499,7 @@ def table_mps_fewshot(ctx: ReportInputs) -> Table:
     D = _papers(ctx, "mps")
     D = D[D.get("variant", pd.Series(index=D.index, dtype=object)) == "main"]
     if not len(D): raise _Skip("no main few-shot runs in papers/mps.json")
-    ms = [m for m in ("mps", "coop", "lp", "ft") if m in set(D["method"])] + sorted(set(D["method"]) - {"mps", "coop", "lp", "ft"})
+    ms = list(dict.fromkeys(D["method"]))  # in the order of the experiment's arms (papers.mps.methods: the paper's method first)
     Ks = sorted(int(k) for k in D["shots"].unique())
     g = D.groupby(["method", "shots"])
     mean, std, n = g["id_acc"].mean(), g["id_acc"].std(), g["seed"].nunique()
@@ -518,7 +520,8 @@ def table_mps_ablation(ctx: ReportInputs) -> Table:
     D = _papers(ctx, "mps")
     D = D[D["shots"].notna()]
     K = int(D["shots"].max())
-    full = D[(D["method"] == "mps") & (D["variant"] == "main") & (D["shots"] == K)].assign(variant="full (CE + Gram + sculpt)")
+    varied = set(D.loc[D["variant"] != "main", "method"])  # the method the ablations vary (MPS-Tuning's own)
+    full = D[D["method"].isin(varied) & (D["variant"] == "main") & (D["shots"] == K)].assign(variant="full (CE + Gram + sculpt)")
     A = pd.concat([full, D[(D["variant"] != "main")]])
     order = ["ce only", "+ gram", "+ sculpt", "full (CE + Gram + sculpt)", "gram global only", "gram local only"]
     A = A.assign(_o=A["variant"].map({v: i for i, v in enumerate(order)})).sort_values(["_o", "seed"], kind="stable")
@@ -532,8 +535,7 @@ def table_promptot(ctx: ReportInputs) -> Table:
     "Prompt-OT's base-to-novel table, with cross-task transfer and domain generalisation of the same prompts."
     D = _papers(ctx, "promptot")
     md, num = _arm_table(D, {"variant": "method", "base_acc": "base", "novel_acc": "novel", "hm": "HM",
-                             "zs_avg": "cross-task (ZS avg)", "ood_avg": "domain gen. (OOD avg)"})
-    md.insert(1, "lr", _lr(D))
+                             "zs_avg": "cross-task (ZS avg)", "ood_avg": "domain gen. (OOD avg)"}, lr=True)
     return Table("promptot_base2novel", f"Prompt-OT's base-to-novel protocol: prompts trained on {int(D['shots'].dropna().iloc[0])} "
                  f"shots of the base classes (the first half); accuracy (%) on base and novel test images with a head of "
                  f"their own classes and the harmonic mean; the same prompts on the zero-shot tasks and the OOD styles; "
@@ -544,8 +546,7 @@ def table_csaligner(ctx: ReportInputs) -> Table:
     "CS-Aligner's setting: adapters on pairs, InfoNCE vs + CS, modality gap, unpaired data, several captions."
     D = _papers(ctx, "csaligner")
     md, num = _arm_table(D, {"setting": "setting", "pairs.i2t_r1": "i2t R@1", "pairs.t2i_r1": "t2i R@1",
-                             "geometry.modality_gap": "modality gap", "zs_avg": "ZS avg"})
-    md.insert(1, "lr", _lr(D))
+                             "geometry.modality_gap": "modality gap", "zs_avg": "ZS avg"}, lr=True)
     return Table("csaligner", f"CS-Aligner's setting: residual adapters on the frozen encoders trained on image-caption "
                  f"pairs; R@1 (%) on the experiment's test pairs and the modality gap (distance between the image and text "
                  f"centroids) of the probe set; then the unpaired-data and several-captions runs at the rate selected for "
@@ -554,7 +555,7 @@ def table_csaligner(ctx: ReportInputs) -> Table:
 def table_papers_selection(ctx: ReportInputs) -> Table:
     "What each paper experiment's selection saw: the validation score of every selected arm at every learning rate."
     parts = []
-    for exp in ("m2mix", "mps", "promptot", "csaligner"):
+    for exp in PAPER_EXPERIMENTS:
         try: S = _papers(ctx, exp, "selection")
         except _Skip: continue
         piv = S.pivot_table(index="arm", columns="lr", values="val", sort=False)

@@ -77,3 +77,64 @@ def test_claims_and_report_sets_name_registered_methods():
         assert paper_numbers.ablations(t) and all(R[m].reference == R[full].reference for m in paper_numbers.ablations(t))
     assert set(paper_numbers.figure_methods("diffvec")) <= set(R) and paper_numbers.zero_shot_method() in R
     assert all(R[m].label is None or isinstance(R[m].label, str) for m in R)
+
+
+# Where a registered method's name still stands as a string literal in the package outside its registration, and what
+# it means there: (how often, how many of those name the registered method itself, the sense). Most are the same word in
+# another sense (a params section, a stage, a dataset role, a paper experiment's records). A new literal anywhere fails
+# the test below: read the fact from the registry (`dive_nb.methods.Method`, `dive_nb.paper_numbers`) instead.
+_EXP = "a paper experiment (papers.<exp> in params.yaml, metrics/<profile>/papers/<exp>.json)"
+LITERALS = {
+    ("cli.py", "pretrain"): (4, 0, "the `dive-nb pretrain` command and stage"),
+    ("config.py", "pretrain"): (2, 0, "the `pretrain` params section and the world's pre-training split"),
+    ("config.py", "zeroshot"): (1, 0, "the `data.zeroshot` params key (the zero-shot tasks)"),
+    **{("config.py", e): (n, 0, _EXP) for e, n in (("m2mix", 1), ("mps", 1), ("promptot", 1), ("csaligner", 2))},
+    ("experiment.py", "pretrain"): (3, 1, "the params section, the world's split, and the pre-training objective (method)"),
+    ("figures.py", "csaligner_pairs"): (2, 0, "the figure csaligner_pairs.png"),
+    **{("figures.py", e): (n, 0, _EXP) for e, n in (("mps", 1), ("m2mix", 1), ("promptot", 2), ("csaligner", 3))},
+    ("losses/dive.py", "ft"): (2, 0, "the argument `ft` (fine-tuned embeddings) named in an error"),
+    ("miniworld.py", "pretrain"): (2, 0, "the world's pre-training split"),
+    ("paper_data.py", "zeroshot"): (15, 0, "the zero-shot dataset role"),
+    ("paper_data.py", "coop"): (4, 0, "CoOp's split-file format (split_zhou_*.json)"),
+    ("paper_experiments.py", "clip_pairs"): (1, 1, "m²-mix's experiment design (method)"),
+    ("paper_experiments.py", "m2mix_pairs"): (1, 1, "m²-mix's experiment design (method)"),
+    ("paper_experiments.py", "mps"): (2, 1, _EXP + "; MPS-Tuning's experiment design (method)"),
+    ("paper_experiments.py", "lp"): (1, 1, "MPS-Tuning's experiment design (method)"),
+    ("paper_experiments.py", "coop"): (3, 2, "MPS-Tuning's and Prompt-OT's designs (method); an arm's variant label"),
+    ("paper_experiments.py", "promptot"): (2, 1, _EXP + "; Prompt-OT's experiment design (method)"),
+    **{("paper_experiments.py", e): (1, 0, _EXP) for e in ("m2mix", "csaligner")},
+    ("paper_numbers.py", "dive"): (2, 0, "the DiVE paper's citation key"),
+    ("paper_numbers.py", "mps"): (1, 0, "the MPS branch, a model part"),
+    ("peft.py", "mps"): (5, 0, "the MPS branch's state key and part name"),
+    ("peft.py", "ft"): (2, 0, "the MPS branch's fine-tuned output"),
+    ("tables.py", "zeroshot"): (3, 0, "the zero-shot table (ours and the DiVE paper's)"),
+    ("tables.py", "pretrain"): (1, 0, "the pre-training stage's notebook"),
+    **{("tables.py", e): (n, 0, _EXP) for e, n in (("m2mix", 2), ("mps", 2), ("promptot", 1), ("csaligner", 5))},
+}
+
+
+def _method_literals() -> dict:
+    "(file, name) -> how often a registered method's name stands as a string literal, registrations `Method(name, ...)` aside."
+    import ast
+    from collections import Counter
+    names, pkg, seen = set(paper_numbers.registry()), ROOT / "dive_nb", Counter()
+    for p in sorted(pkg.rglob("*.py")):
+        if p.name in ("methods.py", "other_methods.py", "_modidx.py"): continue  # the registry modules, and nbdev's index
+        tree = ast.parse(p.read_text())
+        registered = {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Method" and n.args}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Constant) and n.value in names and id(n) not in registered:
+                seen[(p.relative_to(pkg).as_posix(), n.value)] += 1
+    return dict(seen)
+
+
+def test_method_name_literals_outside_the_registry_are_pinned_and_few():
+    "Every literal method name outside the registry is pinned above with its sense; the references to methods themselves are a handful."
+    seen = _method_literals()
+    new = {k: v for k, v in seen.items() if v > LITERALS.get(k, (0,))[0]}
+    assert not new, f"method names written as literals outside the registry (read the registry instead): {new}"
+    gone = {k: v[0] for k, v in LITERALS.items() if seen.get(k, 0) < v[0]}
+    assert not gone, f"fewer literals than pinned (lower the counts in LITERALS): {gone}"
+    assert all(0 <= m <= n for n, m, _ in LITERALS.values())
+    assert sum(m for _, m, _ in LITERALS.values()) == 8  # get_method("pretrain") and the paper experiments' designs
+    assert sum(seen.values()) == 83  # 308 before the methods' facts moved to the registry
