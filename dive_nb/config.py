@@ -238,6 +238,8 @@ def check_params(
         for key in ("main_methods", "wise_curves"): check_method_names(out.get(key), reg, key)
         check_method_names((out.get("sweeps") or {}).get("wise"), reg, "sweeps.wise")
         check_method_names((out.get("sweeps") or {}).get("lam"), reg, "sweeps.lam")
+        if out.get("worlds", {}).get("seeds") and not out["worlds"].get("methods"):
+            raise ParamsError("worlds.methods: the methods the other worlds train (e.g. [zeroshot, lp, ft, flyp, dive]) is missing")
         check_method_names((out.get("worlds") or {}).get("methods"), reg, "worlds.methods")
         check_method_names(methods, reg, "--methods")
         f = out["finetune"]
