@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .stats import _label, aggregate
+from .stats import column_label, aggregate
 from .paper_numbers import figure_methods, method_label, method_order, paper_value, proposed, registry, wise_baseline, zero_shot_method
-from .tables import SkipTable as _Skip, PAPER_LABEL, _ACC, _arm_stats, _curves, _papers, _seeds
+from .tables import SkipTable as _Skip, PAPER_LABEL, ACC_COLUMNS, arm_stats, curve_sources, experiment_rows, seeds_text
 # every builder's `ctx` is a dive_nb.report.ReportInputs; annotations are not evaluated, so this module need not import the
 # report (which imports it)
 
@@ -91,7 +91,7 @@ def figure_geometry_rsa(ctx: ReportInputs):
 
 def figure_wise_curves(ctx: ReportInputs):
     "ID vs OOD avg and ID vs ZS avg along the weight interpolation, one line per method."
-    cs = _curves(ctx)
+    cs = curve_sources(ctx)
     if not cs: raise _Skip("no run records a WiSE curve")
     with _style():
         fig, axes = _figure(ncols=2)
@@ -116,7 +116,7 @@ def figure_lam_sweep(ctx: ReportInputs):
     "ID, OOD avg, ZS avg and RSA against λ (categorical axis), one line per method."
     S = ctx.sweep("lam")
     if not len(S): raise _Skip("no lam sweep")
-    cols = [*_ACC, "geometry.rsa"]
+    cols = [*ACC_COLUMNS, "geometry.rsa"]
     agg = aggregate(S, cols, by=["method", "value"])
     values = list(dict.fromkeys(sorted(agg.index.get_level_values("value"), key=lambda v: (isinstance(v, str), v))))
     ms = list(dict.fromkeys(agg.index.get_level_values("method")))
@@ -138,8 +138,8 @@ def figure_lam_sweep(ctx: ReportInputs):
         for ax, c in zip(axes, cols):
             if ref is not None: ax.axhline(float(ref[(c, "mean")].iloc[0]), color=method_colour(base), ls="--", lw=1, label=f"{base} (main runs)")
             ax.set_xticks(range(len(values)), [f"{v:g}" if not isinstance(v, str) else v for v in values], rotation=45)
-            ax.set_xlabel("λ (regularisation weight)"); ax.set_title(_label(c), fontsize=8)
-            ax.set_ylabel("RSA vs pre-trained" if c == "geometry.rsa" else f"{_label(c)} accuracy (%)")
+            ax.set_xlabel("λ (regularisation weight)"); ax.set_title(column_label(c), fontsize=8)
+            ax.set_ylabel("RSA vs pre-trained" if c == "geometry.rsa" else f"{column_label(c)} accuracy (%)")
         axes[0].legend(fontsize=7)
     return fig
 
@@ -297,7 +297,7 @@ def _bars(ax, labels: list[str], groups: dict, colours: list, ylabel: str):
 
 def figure_mps_fewshot(ctx: ReportInputs):
     "ID accuracy vs K shots per method (log-2 axis), mean ± std over seeds."
-    D = _papers(ctx, "mps")
+    D = experiment_rows(ctx, "mps")
     D = D[D["variant"] == "main"]
     with _style():
         fig, (ax,) = _figure(width=3.8, height=2.8)
@@ -305,17 +305,17 @@ def figure_mps_fewshot(ctx: ReportInputs):
             g = D[D["method"] == m].groupby("shots")["id_acc"].agg(["mean", "std"])
             ax.errorbar(g.index, g["mean"], yerr=np.nan_to_num(g["std"]), fmt="o-", ms=3, capsize=2, color=method_colour(m), label=m)
         ax.set_xscale("log", base=2); ax.set_xlabel("shots per class (K)"); ax.set_ylabel("ID accuracy (%)")
-        ax.set_title(f"Few-shot ID accuracy ({_seeds(D)})", fontsize=8); ax.legend(fontsize=7)
+        ax.set_title(f"Few-shot ID accuracy ({seeds_text(D)})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
 def figure_promptot(ctx: ReportInputs):
     "Base, novel and harmonic-mean accuracy of each Prompt-OT arm, mean ± std over seeds."
-    S = _arm_stats(_papers(ctx, "promptot"), ["base_acc", "novel_acc", "hm"])
+    S = arm_stats(experiment_rows(ctx, "promptot"), ["base_acc", "novel_acc", "hm"])
     with _style():
         fig, (ax,) = _figure(width=4.2, height=2.8)
         _bars(ax, list(S["variant"]), {k: (S[c], S[f"{c}.std"]) for k, c in (("base", "base_acc"), ("novel", "novel_acc"), ("HM", "hm"))},
               _palette(3), "accuracy (%)")
-        ax.set_title(f"Base-to-novel ({_seeds(_papers(ctx, 'promptot'))})", fontsize=8); ax.legend(fontsize=7)
+        ax.set_title(f"Base-to-novel ({seeds_text(experiment_rows(ctx, 'promptot'))})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
 def _points(ax, labels: list[str], groups: dict, colours: list, ylabel: str):
@@ -334,13 +334,13 @@ def _points(ax, labels: list[str], groups: dict, colours: list, ylabel: str):
 
 def figure_csaligner_pairs(ctx: ReportInputs):
     "R@1 both ways of each CS-Aligner arm (InfoNCE vs + CS, unpaired data, several captions), mean ± std over seeds, on an axis fitted to them."
-    D = _papers(ctx, "csaligner")
-    S = _arm_stats(D, ["pairs.i2t_r1", "pairs.t2i_r1"])
+    D = experiment_rows(ctx, "csaligner")
+    S = arm_stats(D, ["pairs.i2t_r1", "pairs.t2i_r1"])
     with _style():
         fig, (ax,) = _figure(width=5.0, height=3.0)
         _points(ax, list(S["setting"]), {f"{d} R@1": (S[f"pairs.{d}_r1"], S[f"pairs.{d}_r1.std"]) for d in ("i2t", "t2i")},
                 _palette(2), "R@1 on test pairs (%, axis not from 0)")
-        ax.set_title(f"CS-Aligner: alignment, unpaired data, several captions\n(mean ± std over {_seeds(D)})", fontsize=8)
+        ax.set_title(f"CS-Aligner: alignment, unpaired data, several captions\n(mean ± std over {seeds_text(D)})", fontsize=8)
         ax.legend(fontsize=7)
     return fig
 
@@ -358,7 +358,7 @@ def _reliability_curve(R: pd.DataFrame) -> tuple:
 
 def figure_m2mix_reliability(ctx: ReportInputs):
     "Reliability diagram of the zero-shot ID head: accuracy against confidence per bin, mean ± std over seeds."
-    D = _papers(ctx, "m2mix")
+    D = experiment_rows(ctx, "m2mix")
     if "reliability" not in D: raise _Skip("papers/m2mix.json has no reliability bins")
     with _style():
         fig, (ax,) = _figure(width=3.6, height=3.2)
@@ -370,13 +370,13 @@ def figure_m2mix_reliability(ctx: ReportInputs):
             ax.errorbar(conf, acc, yerr=sd, fmt="o-", ms=3, capsize=2, color=method_colour(m_) if m_ != zero_shot_method() else "0.3",
                         label=f"{arm} (ECE {R['ece'].mean():.1f}%)")
         ax.set_xlabel("confidence (max softmax probability)"); ax.set_ylabel("accuracy in the bin (%)")
-        ax.set_title(f"m²-mix: calibration of the zero-shot ID head\n({_seeds(D)})", fontsize=8)  # two lines: fits the width
+        ax.set_title(f"m²-mix: calibration of the zero-shot ID head\n({seeds_text(D)})", fontsize=8)  # two lines: fits the width
         ax.legend(fontsize=7)
     return fig
 
 def figure_csaligner_gap(ctx: ReportInputs, n_lines: int = 30):
     "Probe image and text embeddings before and after the adapters (first seed), on each model's own gap axis."
-    D = _papers(ctx, "csaligner")
+    D = experiment_rows(ctx, "csaligner")
     if ctx.preds_dir is None: raise _Skip("no preds_dir")
     s0 = int(D["seed"].min())
     panels = {}

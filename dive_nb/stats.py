@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap']
+__all__ = ['column_label', 'column_digits', 'fmt_mean_std', 'aggregate', 'summarise', 'paired_bootstrap']
 
 # %% ../nbs/30_stats.ipynb #75e73d5d
 _LABELS = {"id_acc": "ID", "id_val_acc": "ID val", "ood_acc.avg": "OOD avg", "zs_acc.avg": "ZS avg",
@@ -19,14 +19,16 @@ _LABELS = {"id_acc": "ID", "id_val_acc": "ID val", "ood_acc.avg": "OOD avg", "zs
            "geometry.uniformity": "uniformity", "trainable_params": "trainable params",
            "cost.sec_per_step": "s / step", "cost.peak_rss_mb": "peak RSS (MB)"}
 
-def _label(col: str) -> str:
+def column_label(col: str) -> str:
+    "A record column's name in tables ('ood_acc.avg' -> its label; 'retrieval.i2t_r1' -> 'i2t R@1'; else its last part)."
     if col in _LABELS: return _LABELS[col]
     if col.startswith("retrieval."):
         d, k = col.split(".")[-1].split("_r")
         return f"{d} R@{k}"
     return col.split(".")[-1]
 
-def _digits(col: str) -> int:
+def column_digits(col: str) -> int:
+    "Decimals a column is shown with: 3 for geometry and seconds per step, 0 for counts and memory, else 1."
     last = col.split(".")[-1]
     if col.startswith("geometry.") or last == "sec_per_step": return 3
     if col == "trainable_params" or last == "peak_rss_mb": return 0
@@ -79,7 +81,7 @@ def summarise(
     agg = aggregate(df, cols, by)
     out = pd.DataFrame(index=agg.index)
     for c in cols:
-        d = (digits or {}).get(c, _digits(c))
+        d = (digits or {}).get(c, column_digits(c))
         out[c] = [fmt_mean_std(m, s, int(n), d) for m, s, n in zip(agg[(c, "mean")], agg[(c, "std")], agg[(c, "n")])]
     by = [by] if isinstance(by, str) else list(by)
     out["n"] = df.groupby(by, sort=False, dropna=False).size().reindex(agg.index).astype(int).to_numpy()

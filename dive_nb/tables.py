@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .stats import _digits, _label, aggregate, fmt_mean_std, paired_bootstrap, summarise
+from .stats import column_digits, column_label, aggregate, fmt_mean_std, paired_bootstrap, summarise
 from .paper_numbers import PAPER, PAPER_SOURCE, is_core, method_order, method_setting
 from .paper_numbers import paper_cost_ratio, paper_of, paper_rows, paper_value
 from .config import PAPER_EXPERIMENTS
@@ -18,10 +18,11 @@ from .paper_numbers import ablations, method_label, proposed, registry
 # report (which imports it)
 
 # %% auto #0
-__all__ = ['SkipTable', 'PAPER_LABEL', 'TABLES', 'PAPER_TABLES', 'Table', 'table_main', 'table_zeroshot', 'table_geometry',
-           'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize', 'table_wise', 'table_lam', 'table_cost',
-           'table_significance', 'table_unified', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation',
-           'table_promptot', 'table_csaligner', 'table_papers_selection', 'stage_durations', 'table_timing']
+__all__ = ['SkipTable', 'PAPER_LABEL', 'ACC_COLUMNS', 'TABLES', 'PAPER_TABLES', 'Table', 'seeds_text', 'table_main',
+           'table_zeroshot', 'table_geometry', 'table_ablation', 'table_alpha', 'table_cosine', 'table_refsize',
+           'curve_sources', 'table_wise', 'table_lam', 'table_cost', 'table_significance', 'table_unified',
+           'experiment_rows', 'arm_stats', 'table_m2mix', 'table_mps_fewshot', 'table_mps_ablation', 'table_promptot',
+           'table_csaligner', 'table_papers_selection', 'stage_durations', 'table_timing']
 
 # %% ../nbs/34_tables.ipynb #919983b8
 @dataclass
@@ -68,7 +69,7 @@ def _stats(df: pd.DataFrame, cols: list[str], by="method", labels: dict | None =
     keys.columns = by
     md, num = keys.copy(), keys.copy()
     for c in cols:
-        md[(labels or {}).get(c, _label(c))] = sm[c].to_numpy()
+        md[(labels or {}).get(c, column_label(c))] = sm[c].to_numpy()
         num[f"{c}_mean"], num[f"{c}_std"] = agg[(c, "mean")].to_numpy(), agg[(c, "std")].to_numpy()
     md["n"] = num["n"] = sm["n"].to_numpy()
     return md, num
@@ -98,7 +99,8 @@ def _fmt_value(v) -> str:
     "A swept value as the file name wrote it: 10 not 10.0, 1e-05, text as is."
     return v if isinstance(v, str) else f"{v:g}"
 
-def _seeds(df: pd.DataFrame) -> str:
+def seeds_text(df: pd.DataFrame) -> str:
+    "The seeds of a frame's records, for captions: 'seed 0' or 'seeds 0, 1, 2'."
     s = sorted(set(int(x) for x in df["seed"]))
     return f"seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}"
 
@@ -112,7 +114,7 @@ def table_main(ctx: ReportInputs) -> Table:
     cols = ["id_acc", *_sub_cols(M, "ood_acc.")]
     md, num = _stats(M, cols)
     _add_paper(md, num, "imagenet", {"ID": "id", "OOD avg": "ood_avg"})
-    return Table("main", f"Main results. ID and OOD top-1 accuracy (%) per method, mean ± std over {_seeds(M)} "
+    return Table("main", f"Main results. ID and OOD top-1 accuracy (%) per method, mean ± std over {seeds_text(M)} "
                  "(n runs per method); the paper's ViT-B/16 ImageNet numbers beside, as a reference for the shape.",
                  md, num, [_REF_NOTE])
 
@@ -124,7 +126,7 @@ def table_zeroshot(ctx: ReportInputs) -> Table:
     md, num = _stats(M, cols)
     _add_paper(md, num, "zeroshot", {"ZS avg": "avg"})
     return Table("zeroshot", f"Zero-shot top-1 accuracy (%) on the held-out tasks after fine-tuning, mean ± std over "
-                 f"{_seeds(M)}; the paper's 10-task average (ViT-B/16 after ImageNet) beside.", md, num, [_REF_NOTE])
+                 f"{seeds_text(M)}; the paper's 10-task average (ViT-B/16 after ImageNet) beside.", md, num, [_REF_NOTE])
 
 _GEOM = ["geometry.rsa_img", "geometry.rsa_txt", "geometry.rsa", "geometry.cka", "geometry.modality_gap"]
 
@@ -136,12 +138,12 @@ def table_geometry(ctx: ReportInputs) -> Table:
     _add_paper(md, num, "rsa", {"RSA": None}, digits=3)
     return Table("geometry", f"Geometry against the pre-trained model on the probe set (RSA: Spearman correlation of "
                  f"cosine-similarity structures; CKA: linear CKA; both averaged over image and text), mean ± std over "
-                 f"{_seeds(M)}; the paper's RSA beside.", md, num,
+                 f"{seeds_text(M)}; the paper's RSA beside.", md, num,
                  ["The paper's RSA recipe (sample set, similarity, correlation, modality) is not public; ours is "
                   "`dive_nb.geometry.rsa`. FLYP+replay's 0.850 is the paper's proxy for ARF. " + _REF_NOTE])
 
 # %% ../nbs/34_tables.ipynb #1574b370
-_ACC = ["id_acc", "ood_acc.avg", "zs_acc.avg"]
+ACC_COLUMNS = ["id_acc", "ood_acc.avg", "zs_acc.avg"]
 
 def _paired_gain(M: pd.DataFrame, method: str, base: str, col: str) -> tuple[float, float, int]:
     x = M[M["method"] == method].set_index("seed")[col].astype(float)
@@ -165,7 +167,7 @@ def table_ablation(ctx: ReportInputs) -> Table:
         num[f"gain_{col}_mean"], num[f"gain_{col}_std"] = [a for a, _, _ in g], [s for _, s, _ in g]
     _add_paper(md, num, "ablation_gain", {"Δ OOD avg": "ood_avg", "Δ ZS avg": "zs_avg"}, signed=True)
     return Table("ablation", f"AVL / PVL ablation. OOD and ZS average (%) and their gain over FLYP (per-seed "
-                 f"differences, mean ± std over {_seeds(sub)}); the paper's gains over FLYP (ViT-B/16) beside.",
+                 f"differences, mean ± std over {seeds_text(sub)}); the paper's gains over FLYP (ViT-B/16) beside.",
                  md, num, [_REF_NOTE])
 
 # %% ../nbs/34_tables.ipynb #894d4c5e
@@ -183,7 +185,7 @@ def table_alpha(ctx: ReportInputs) -> Table:
     if not len(S) and not any(p["method"].isin(ms[:-1]).any() for p in parts):
         raise _Skip(f"no alpha sweep and no {' or '.join(ms[:-1])} runs")
     df = pd.concat(parts, ignore_index=True).sort_values(["alpha", "source"], kind="stable")
-    md, num = _stats(df, [*_ACC, "geometry.rsa"], by=["method", "source", "alpha"])
+    md, num = _stats(df, [*ACC_COLUMNS, "geometry.rsa"], by=["method", "source", "alpha"])
     md["alpha"] = [f"{a:g}" for a in md["alpha"]]
     md = md.rename(columns={"alpha": "α"})
     pa = [next((v for k, v in PAPER["ema_alpha_ood_avg"].items() if np.isclose(a, k)), None)
@@ -192,7 +194,7 @@ def table_alpha(ctx: ReportInputs) -> Table:
     num["paper_ood_avg"] = [np.nan if v is None else v for v in pa]
     main = df[df["source"] == "main runs"]
     return Table("alpha", "EMA coefficient α of the AVL centre. Accuracy (%) and RSA; sweep runs use one seed, main runs "
-                 f"are mean ± std over {_seeds(main) if len(main) else 'their seeds'}; the paper's OOD avg for α = 0 and "
+                 f"are mean ± std over {seeds_text(main) if len(main) else 'their seeds'}; the paper's OOD avg for α = 0 and "
                  "0.99 beside.", md, num,
                  ["The paper reports OOD avg 61.7 (α = 0) vs 62.9 (α = 0.99); the 62.9 differs from its main "
                   "table's 63.2 (the setting may differ). " + _REF_NOTE])
@@ -202,17 +204,17 @@ def table_cosine(ctx: ReportInputs) -> Table:
     full = proposed()
     M = ctx.need(*ablations("cosine"), full)
     sub = M[M["method"].isin([registry()[full].reference, *ablations("cosine"), full])]
-    md, num = _stats(sub, [*_ACC, "geometry.rsa_img", "geometry.rsa_txt", "geometry.rsa"])
+    md, num = _stats(sub, [*ACC_COLUMNS, "geometry.rsa_img", "geometry.rsa_txt", "geometry.rsa"])
     _add_paper(md, num, "rsa", {"RSA": None}, digits=3)
     return Table("cosine", f"Cosine-similarity constraint (dive_cos) vs difference-vector constraint (dive), FLYP for "
-                 f"reference. Accuracy (%) and RSA, mean ± std over {_seeds(sub)}; the paper's RSA beside "
+                 f"reference. Accuracy (%) and RSA, mean ± std over {seeds_text(sub)}; the paper's RSA beside "
                  "(0.949 vs 0.981).", md, num, [_REF_NOTE])
 
 def table_refsize(ctx: ReportInputs) -> Table:
     "Reference-set size sweep (the Flickr8K / COCO / CC3M analogue)."
     S = ctx.sweep("refsize")
     if not len(S): raise _Skip("no refsize sweep")
-    md, num = _stats(S, [*_ACC, "geometry.rsa"], by=["method", "value"], labels=None)
+    md, num = _stats(S, [*ACC_COLUMNS, "geometry.rsa"], by=["method", "value"], labels=None)
     md["value"] = [_fmt_value(v) for v in md["value"]]
     md = md.rename(columns={"value": "reference size"}); num = num.rename(columns={"value": "reference_size"})
     analogue = []
@@ -220,13 +222,13 @@ def table_refsize(ctx: ReportInputs) -> Table:
         vals = list(dict.fromkeys(num.loc[num["method"] == m, "reference_size"]))
         analogue.append(PAPER["refsize"][vals.index(v)] if len(vals) == 3 else "")
     md.insert(2, "paper analogue", analogue); num.insert(2, "paper_analogue", analogue)
-    return Table("refsize", f"Reference-set size. Accuracy (%) and RSA per number of reference pairs ({_seeds(S)}); "
+    return Table("refsize", f"Reference-set size. Accuracy (%) and RSA per number of reference pairs ({seeds_text(S)}); "
                  "the three sizes stand for the paper's Flickr8K / COCO / CC3M.", md, num,
                  ["The paper reports Flickr8K < COCO < CC3M for DiVE, all above the baselines; its numbers were "
                   "not found, so no paper column. Source: " + PAPER_SOURCE + "."])
 
 # %% ../nbs/34_tables.ipynb #12dd32e0
-def _curves(ctx: ReportInputs) -> dict[str, dict]:
+def curve_sources(ctx: ReportInputs) -> dict[str, dict]:
     "Method -> {label, seed, source, curve}: the wise sweep first, then main runs with a curve; smallest seed."
     out = {}
     for df, source in ((ctx.sweep("wise"), "wise sweep"), (ctx.main, "main runs")):
@@ -241,7 +243,7 @@ def _curves(ctx: ReportInputs) -> dict[str, dict]:
 
 def table_wise(ctx: ReportInputs) -> Table:
     "Weight-interpolation curves as a table: ID, OOD avg, ZS avg and RSA per method and alpha."
-    cs = _curves(ctx)
+    cs = curve_sources(ctx)
     if not cs: raise _Skip("no run records a WiSE curve (wise sweep, wiseft)")
     rows = [{"method": c["label"], "seed": c["seed"], "alpha": p["alpha"], "id_acc": p.get("id_acc"),
              "ood_avg": p.get("ood_avg"), "zs_avg": p.get("zs_avg"), "rsa": p.get("rsa")}
@@ -262,11 +264,11 @@ def table_lam(ctx: ReportInputs) -> Table:
     "λ sweep of DiVE (and of the cosine ablation)."
     S = ctx.sweep("lam")
     if not len(S): raise _Skip("no lam sweep")
-    md, num = _stats(S, [*_ACC, "geometry.rsa"], by=["method", "value"])
+    md, num = _stats(S, [*ACC_COLUMNS, "geometry.rsa"], by=["method", "value"])
     md["value"] = [_fmt_value(v) for v in md["value"]]
     md = md.rename(columns={"value": "λ"}); num = num.rename(columns={"value": "lam"})
     p = PAPER["lam"]
-    return Table("lam", f"Regulariser weight λ. Accuracy (%) and RSA per method and λ ({_seeds(S)}; figure "
+    return Table("lam", f"Regulariser weight λ. Accuracy (%) and RSA per method and λ ({seeds_text(S)}; figure "
                  "lam_sweep.png).", md, num,
                  [f"The paper selects λ = {p['chosen']} from {{{', '.join(map(str, p['grid']))}}} on its own loss "
                   f"scale (values per λ not found). Source: {PAPER_SOURCE}."])
@@ -290,8 +292,8 @@ def _cost_runs(md: pd.DataFrame, num: pd.DataFrame, sub: pd.DataFrame, methods: 
     "The training runs' columns, added to md and num: mean ± std over seeds of each of `cols` and its ratio to FLYP's."
     agg = aggregate(sub, cols).reindex(methods)
     for c in cols:
-        lab = _label(c) + " (runs)"
-        md[lab] = [fmt_mean_std(m, s, n if np.isfinite(n) else 0, _digits(c))
+        lab = column_label(c) + " (runs)"
+        md[lab] = [fmt_mean_std(m, s, n if np.isfinite(n) else 0, column_digits(c))
                    for m, s, n in zip(agg[(c, "mean")], agg[(c, "std")], agg[(c, "n")])]
         num[f"{c}_mean"], num[f"{c}_std"] = agg[(c, "mean")].to_numpy(), agg[(c, "std")].to_numpy()
         r = _ratio(agg[(c, "mean")])
@@ -432,14 +434,14 @@ def table_significance(ctx: ReportInputs, target: str | None = None) -> Table:
 def table_unified(ctx: ReportInputs) -> Table:
     "Every method: ID, OOD avg, ZS avg, RSA, image-to-text R@1, trainable parameters, and what it trains."
     M = ctx.need()
-    md, num = _stats(M, [*_ACC, "geometry.rsa", "retrieval.i2t_r1", "trainable_params"])
+    md, num = _stats(M, [*ACC_COLUMNS, "geometry.rsa", "retrieval.i2t_r1", "trainable_params"])
     md["trainable params"] = [_fmt(v, 0) for v in num["trainable_params_mean"]]  # the same for every seed
     md.insert(1, "paper", [paper_of(m) for m in md["method"]])
     md.insert(2, "trains", [method_setting(m) for m in md["method"]])
     num.insert(1, "paper", md["paper"]); num.insert(2, "trains", md["trains"])
     return Table("unified", f"Every method of the five papers under the DiVE protocol (fine-tuning on the ID task, "
                  f"evaluated on ID, OOD styles, zero-shot tasks, retrieval and geometry). Accuracy (%), RSA, image-to-text "
-                 f"retrieval R@1 (%) and trainable parameters, mean ± std over {_seeds(M)}; 'trains' says which "
+                 f"retrieval R@1 (%) and trainable parameters, mean ± std over {seeds_text(M)}; 'trains' says which "
                  f"parameters each method updates (figure unified_id_vs_zs.png).", md, num)
 
 TABLES = {"main": table_main, "zeroshot": table_zeroshot, "geometry": table_geometry, "ablation": table_ablation,
@@ -447,7 +449,7 @@ TABLES = {"main": table_main, "zeroshot": table_zeroshot, "geometry": table_geom
           "lam": table_lam, "cost": table_cost, "significance": table_significance, "unified": table_unified}
 
 # %% ../nbs/34_tables.ipynb #aa5e88eb
-def _papers(ctx: ReportInputs, exp: str, key: str = "rows") -> pd.DataFrame:
+def experiment_rows(ctx: ReportInputs, exp: str, key: str = "rows") -> pd.DataFrame:
     "The final rows (or 'selection' rows) of one paper experiment, or _Skip when it has not run."
     p = ctx.metrics_dir / "papers" / f"{exp}.json"
     if not p.exists(): raise _Skip(f"no {p}")
@@ -457,7 +459,7 @@ def _papers(ctx: ReportInputs, exp: str, key: str = "rows") -> pd.DataFrame:
     if "arm" not in D: raise _Skip(f"{p} predates arms and seeds: rerun the papers stage (dvc repro papers)")
     return D
 
-def _arm_stats(D: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+def arm_stats(D: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     "Per arm, in the records' order: the first row's descriptive fields, mean and std over seeds of `cols`, n seeds."
     cols = [c for c in cols if c in D.columns]
     g = D.groupby("arm", sort=False)
@@ -471,7 +473,7 @@ _DIGITS3 = {"pairs.alignment", "pairs.uniformity", "geometry.modality_gap", "geo
 
 def _arm_table(D: pd.DataFrame, spec: dict, digits: dict | None = None, lr: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Formatted ('mean ± std') and numeric frames of the columns in spec (record key -> label), one row per arm (`lr`: its rate second)."
-    S = _arm_stats(D, [k for k in spec if k in D.columns and pd.api.types.is_numeric_dtype(D[k])])
+    S = arm_stats(D, [k for k in spec if k in D.columns and pd.api.types.is_numeric_dtype(D[k])])
     keep = {k: v for k, v in spec.items() if k in S.columns}
     md = pd.DataFrame({lab: ([fmt_mean_std(m, s, n, (digits or {}).get(k, 3 if k in _DIGITS3 else 1))
                               for m, s, n in zip(S[k], S[f"{k}.std"], S["n"])] if f"{k}.std" in S else S[k].astype(str))
@@ -485,18 +487,18 @@ def _lr(D: pd.DataFrame) -> list[str]:
 # %% ../nbs/34_tables.ipynb #1ebf76c2
 def table_m2mix(ctx: ReportInputs) -> Table:
     "m²-mix's setting: fine-tuning on image-caption pairs of a new distribution; retrieval, alignment / uniformity, ECE, arithmetic."
-    D = _papers(ctx, "m2mix")
+    D = experiment_rows(ctx, "m2mix")
     md, num = _arm_table(D, {"arm": "arm", "pairs.i2t_r1": "i2t R@1", "pairs.t2i_r1": "t2i R@1", "pairs.alignment": "alignment",
                              "pairs.uniformity": "uniformity", "ece": "ECE (%)", "arith_acc": "arithmetic (%)", "ood_avg": "OOD avg"},
                        lr=True)
     return Table("m2mix_retrieval", f"m²-mix's setting: both encoders fine-tuned on image-caption pairs ({D['pairs'].iloc[0] if 'pairs' in D else 'id'} "
                  f"pairs) with the CLIP loss at 1/τ = 100 (clip_pairs) or CLIP + m²-mix (m2mix_pairs); R@1 (%) on the "
                  f"experiment's test pairs, alignment and uniformity of those pairs (lower is better), ECE of the zero-shot ID "
-                 f"head, embedding arithmetic, OOD average; mean ± std over {_seeds(D)}; lr selected on validation pairs.", md, num)
+                 f"head, embedding arithmetic, OOD average; mean ± std over {seeds_text(D)}; lr selected on validation pairs.", md, num)
 
 def table_mps_fewshot(ctx: ReportInputs) -> Table:
     "MPS-Tuning's few-shot table: ID accuracy per K and method (mean ± std over seeds), and the OOD average at the largest K."
-    D = _papers(ctx, "mps")
+    D = experiment_rows(ctx, "mps")
     D = D[D.get("variant", pd.Series(index=D.index, dtype=object)) == "main"]
     if not len(D): raise _Skip("no main few-shot runs in papers/mps.json")
     ms = list(dict.fromkeys(D["method"]))  # in the order of the experiment's arms (papers.mps.methods: the paper's method first)
@@ -512,12 +514,12 @@ def table_mps_fewshot(ctx: ReportInputs) -> Table:
                        f"OOD avg K={K}": [fmt_mean_std(o["mean"].get(m, np.nan), o["std"].get(m, np.nan), int(o["count"].get(m, 0))) for m in ms],
                        "lr": [_fmt_value(D.loc[D["method"] == m, "lr"].iloc[0]) for m in ms]})
     return Table("mps_fewshot", f"MPS-Tuning's few-shot protocol: ID top-1 accuracy (%) with K shots per class, and domain "
-                 f"generalisation (OOD average, trained on photos) at K = {K}; mean ± std over {_seeds(D)} (each seed draws "
+                 f"generalisation (OOD average, trained on photos) at K = {K}; mean ± std over {seeds_text(D)} (each seed draws "
                  f"its own shots); lr selected at K = {K} on a held-out 16-shot validation set (figure mps_fewshot.png).", md, num)
 
 def table_mps_ablation(ctx: ReportInputs) -> Table:
     "MPS-Tuning's component ablation (CE, + Gram, + sculpt, full) and global / local Gram ablation, at the largest K."
-    D = _papers(ctx, "mps")
+    D = experiment_rows(ctx, "mps")
     D = D[D["shots"].notna()]
     K = int(D["shots"].max())
     varied = set(D.loc[D["variant"] != "main", "method"])  # the method the ablations vary (MPS-Tuning's own)
@@ -528,35 +530,35 @@ def table_mps_ablation(ctx: ReportInputs) -> Table:
     md, num = _arm_table(A, {"variant": "variant", "id_acc": "ID", "ood_avg": "OOD avg", "zs_avg": "ZS avg", "geometry.rsa": "RSA"})
     return Table("mps_ablation", f"MPS-Tuning ablations at K = {K}: the loss components (MAR = the Gram terms, HMS = "
                  f"sculpting) and the two Gram terms, each at the full method's learning rate; accuracy (%), RSA to the "
-                 f"pre-trained model; mean ± std over {_seeds(A)}.", md, num)
+                 f"pre-trained model; mean ± std over {seeds_text(A)}.", md, num)
 
 # %% ../nbs/34_tables.ipynb #86f7d3e0
 def table_promptot(ctx: ReportInputs) -> Table:
     "Prompt-OT's base-to-novel table, with cross-task transfer and domain generalisation of the same prompts."
-    D = _papers(ctx, "promptot")
+    D = experiment_rows(ctx, "promptot")
     md, num = _arm_table(D, {"variant": "method", "base_acc": "base", "novel_acc": "novel", "hm": "HM",
                              "zs_avg": "cross-task (ZS avg)", "ood_avg": "domain gen. (OOD avg)"}, lr=True)
     return Table("promptot_base2novel", f"Prompt-OT's base-to-novel protocol: prompts trained on {int(D['shots'].dropna().iloc[0])} "
                  f"shots of the base classes (the first half); accuracy (%) on base and novel test images with a head of "
                  f"their own classes and the harmonic mean; the same prompts on the zero-shot tasks and the OOD styles; "
                  f"'no ot' is Prompt-OT with the OT weight at 0; 'pre-trained' is the zero-shot model; mean ± std over "
-                 f"{_seeds(D)}; lr selected on base-class validation images (figure promptot_base2novel.png).", md, num)
+                 f"{seeds_text(D)}; lr selected on base-class validation images (figure promptot_base2novel.png).", md, num)
 
 def table_csaligner(ctx: ReportInputs) -> Table:
     "CS-Aligner's setting: adapters on pairs, InfoNCE vs + CS, modality gap, unpaired data, several captions."
-    D = _papers(ctx, "csaligner")
+    D = experiment_rows(ctx, "csaligner")
     md, num = _arm_table(D, {"setting": "setting", "pairs.i2t_r1": "i2t R@1", "pairs.t2i_r1": "t2i R@1",
                              "geometry.modality_gap": "modality gap", "zs_avg": "ZS avg"}, lr=True)
     return Table("csaligner", f"CS-Aligner's setting: residual adapters on the frozen encoders trained on image-caption "
                  f"pairs; R@1 (%) on the experiment's test pairs and the modality gap (distance between the image and text "
                  f"centroids) of the probe set; then the unpaired-data and several-captions runs at the rate selected for "
-                 f"InfoNCE + CS; mean ± std over {_seeds(D)} (figure csaligner_pairs.png).", md, num)
+                 f"InfoNCE + CS; mean ± std over {seeds_text(D)} (figure csaligner_pairs.png).", md, num)
 
 def table_papers_selection(ctx: ReportInputs) -> Table:
     "What each paper experiment's selection saw: the validation score of every selected arm at every learning rate."
     parts = []
     for exp in PAPER_EXPERIMENTS:
-        try: S = _papers(ctx, exp, "selection")
+        try: S = experiment_rows(ctx, exp, "selection")
         except _Skip: continue
         piv = S.pivot_table(index="arm", columns="lr", values="val", sort=False)
         piv = piv[sorted(piv.columns)]

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .zeroshot import _fill, encode_images, encode_texts, prompt_classifier
+from .zeroshot import fill_prompt, encode_images, encode_texts, prompt_classifier
 
 # %% auto #0
 __all__ = ['StaleTeacherCache', 'model_fingerprint', 'TeacherCache']
@@ -69,7 +69,7 @@ def _task_prompts(name, task) -> tuple[list[str], list[list[str]]]:
     else:
         raise ValueError(f"task {name!r} must have classnames and templates (mapping, attributes or a pair), "
                          f"got {type(task).__name__}")
-    return cn, [[_fill(t, c) for t in tp] for c in cn]
+    return cn, [[fill_prompt(t, c) for t in tp] for c in cn]
 
 
 def _teacher_fields(model, tokenizer, ref_images, ref_captions, tasks, batch_size) -> dict:

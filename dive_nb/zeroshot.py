@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .models import prepare_images
 
 # %% auto #0
-__all__ = ['encode_images', 'encode_texts', 'template_average', 'prompt_classifier', 'zeroshot_classifier']
+__all__ = ['encode_images', 'encode_texts', 'template_average', 'fill_prompt', 'prompt_classifier', 'zeroshot_classifier']
 
 # %% ../nbs/16_zeroshot.ipynb #a7f0c3d6
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -75,7 +75,11 @@ def template_average(
     return F.normalize(F.normalize(emb, dim=-1).mean(dim=1), dim=-1)
 
 
-def _fill(template, classname: str) -> str:
+def fill_prompt(
+    template,  # a callable classname -> prompt, or a string with a '{c}' or '{}' slot
+    classname: str,
+) -> str:  # the prompt
+    "One class prompt from one template (open_clip's templates are callables, the mini world's strings)."
     if callable(template):
         return template(classname)
     if isinstance(template, str):
@@ -111,4 +115,4 @@ def zeroshot_classifier(
     "Zero-shot head from a template ensemble (per class: mean of normalised template embeddings, renormalised)."
     if len(classnames) == 0 or len(templates) == 0:
         raise ValueError(f"need at least one class and one template, got {len(classnames)} and {len(templates)}")
-    return prompt_classifier(model, tokenizer, [[_fill(t, c) for t in templates] for c in classnames], batch_size)
+    return prompt_classifier(model, tokenizer, [[fill_prompt(t, c) for t in templates] for c in classnames], batch_size)

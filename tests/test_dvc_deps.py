@@ -161,3 +161,18 @@ def test_no_import_cycle_in_the_package():
     "dive_nb's import graph (lazy imports inside functions included) has no cycle; the checker finds a planted one."
     assert _cycles(D.module_graph(ROOT)) == []
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _private_imports(src: str) -> list[str]:
+    "Names starting with '_' that `src` imports from a dive_nb module (relative or absolute, lazy imports included)."
+    import ast
+    return [a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) and n.module is not None
+            and (n.level > 0 or n.module.split(".")[0] == "dive_nb") for a in n.names if a.name.startswith("_")]
+
+
+def test_no_module_imports_another_modules_private_names():
+    "A module's private helpers stay its own: what another module needs is public (named without a leading underscore)."
+    bad = {p.name: _private_imports(p.read_text()) for p in (ROOT / "dive_nb").rglob("*.py") if p.name != "_modidx.py"}
+    assert {k: v for k, v in bad.items() if v} == {}
+    assert _private_imports("from .stats import aggregate, _label\ndef f():\n    from dive_nb.tables import _papers") == ["_label", "_papers"]
+    assert _private_imports("from torch import _C\nfrom .x import public as _alias") == []
