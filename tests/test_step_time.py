@@ -65,3 +65,17 @@ def test_lockstep_needs_enough_rounds():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--steps", "10", "--block", "5"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.startswith("error: --steps 10 leaves 7 timed rounds")
+
+
+def test_profile_groups_find_every_part_of_the_step():
+    "benchmarks/profile_step.py on the tiny model: each group finds its functions (AdamW's step is Adam.step in torch 2), the groups fit in the loop."
+    import argparse
+    ps = importlib.util.spec_from_file_location("profile_step", ROOT / "benchmarks" / "profile_step.py")
+    prof = importlib.util.module_from_spec(ps); ps.loader.exec_module(prof)
+    a = argparse.Namespace(model="dive-tiny-vit", params=None, image_size=32, batch=8, ref_batch=4, steps=3, threads=1,
+                           device="cpu", precision="fp32", reference_pass="fused")
+    for m in ("flyp", "dive"):
+        r = prof.profile(m, a)
+        assert all(r[g] > 0 for g in ("image tower (forward)", "text tower (forward)", "backward", "optimizer")), (m, r)
+        assert (r["DiVE terms (EMA, AVL, PVL, differences)"] > 0) == (m == "dive")
+        assert sum(r[g] for g in prof.GROUPS) <= r["whole loop"] * 1.001
