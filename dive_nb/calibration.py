@@ -8,16 +8,16 @@ import json, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .paper_numbers import paper_numbers, registry, wise_baseline
+from .paper_numbers import paper_numbers, wise_methods
 from .methods import METHODS
 
 # %% auto #0
-__all__ = ['BASELINES', 'ROLES', 'ZS', 'LP', 'FT', 'LPFT', 'FLYP', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed',
+__all__ = ['ROLES', 'BASELINES', 'ZS', 'LP', 'FT', 'LPFT', 'FLYP', 'TRAINED', 'PAPER_REGIME', 'check_baselines', 'by_seed',
            'wise_ood', 'regime_rows', 'regime_markdown', 'calibrate', 'evaluate_grid', 'tries_table', 'main']
 
 # %% ../nbs/27_calibration.ipynb #f9cf7486
-BASELINES = tuple(n for n, m in METHODS.items() if m.calibrates)  # `Method.calibrates`: zeroshot, lp, ft, lpft, flyp (+ ft's WiSE-FT curve)
-ROLES = {m.calibrates: n for n, m in METHODS.items() if m.calibrates}  # role -> method: the criteria are written in roles
+ROLES = {m.calibrates: n for n, m in METHODS.items() if m.calibrates}  # role -> method (`Method.calibrates`): the criteria are written in roles
+BASELINES = tuple(ROLES.values())  # zeroshot, lp, ft, lpft, flyp (+ ft's WiSE-FT curve)
 ZS, LP, FT, LPFT, FLYP = (ROLES[r] for r in ("zero-shot", "LP", "FT", "LP-FT", "FLYP"))
 TRAINED = tuple(n for n in BASELINES if METHODS[n].phases)  # the baselines that train
 
@@ -47,7 +47,7 @@ def by_seed(df: pd.DataFrame, method: str, col: str) -> pd.Series:
 def wise_ood(df: pd.DataFrame, method: str = FT) -> pd.DataFrame:
     "The WiSE-FT curve of `method` recorded with its runs (or by the method interpolating its weights, `wiseft` for ft): OOD average per alpha and seed."
     d = df[df["method"] == method]
-    wise = [n for n in list(registry()) if wise_baseline(n) == method]  # the baseline that interpolates `method`
+    wise = wise_methods([method])  # the baseline that interpolates `method`
     if ("curve" not in d or d["curve"].isna().any()) and wise: d = df[df["method"].isin(wise)]
     if "curve" not in d or d["curve"].isna().any() or not len(d):
         raise ValueError(f"the {method} records carry no WiSE-FT curve (evaluate them with wise=True)")
@@ -67,7 +67,7 @@ def regime_rows(
     rows = []
     def add(cid, text, ours, ok): rows.append({"id": cid, "criterion": text, "paper": PAPER_REGIME[cid], "ours": ours, "pass": bool(ok)})
     ft, fl, lp = (g(m, "id_acc") for m in (FT, FLYP, LP))
-    if want("R1"): add("R1", f"{FT} and {FLYP} ID ≥ zero-shot ID + 8", f"zs {zs['id_acc']:.2f}; ft {_ms(ft)}; flyp {_ms(fl)}",
+    if want("R1"): add("R1", f"{FT} and {FLYP} ID ≥ zero-shot ID + 8", f"zs {zs['id_acc']:.2f}; {FT} {_ms(ft)}; {FLYP} {_ms(fl)}",
         min(ft.mean(), fl.mean()) >= zs["id_acc"] + 8)
     share = (lp - zs["id_acc"]) / (ft - zs["id_acc"])
     if want("R2"): add("R2", f"({LP} − zs) ≥ 0.6 ({FT} − zs) on ID", f"share {_ms(share)} ({LP} {_ms(lp)})",

@@ -394,9 +394,8 @@ def table_regime(ctx):  # -> dive_nb.tables.Table
     "R1-R8 and the selection criterion on the main runs' baselines."
     from dive_nb.tables import Table, SkipTable
     from dive_nb.calibration import regime_rows, BASELINES
-    from dive_nb.paper_numbers import registry, wise_baseline
-    wise = [m for m in registry() if wise_baseline(m) in BASELINES]  # wiseft: ft's WiSE-FT curve (R5)
-    M = ctx.main[ctx.main["method"].isin([*BASELINES, *wise])] if len(ctx.main) else ctx.main
+    from dive_nb.paper_numbers import wise_methods
+    M = ctx.main[ctx.main["method"].isin([*BASELINES, *wise_methods(BASELINES)])] if len(ctx.main) else ctx.main  # + wiseft (R5)
     miss = [m for m in BASELINES if m not in set(M["method"] if len(M) else [])]
     if miss: raise SkipTable(f"no main runs of {', '.join(miss)} (the regime criteria need every baseline)")
     grid, chosen = selection_lrs(Path(ctx.metrics_dir).parent.parent / "tables" / "selection" / f"{Path(ctx.metrics_dir).name}.csv")

@@ -11,7 +11,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['INT1', 'INT0', 'POS', 'NONNEG', 'PROB', 'NAME', 'NAMES', 'TRAIN_RULES', 'WORLD_RULES', 'MODEL_RULES', 'PAIRS',
            'SCHEMA', 'PAPER_EXPERIMENTS', 'REQUIRED', 'ParamsError', 'Rule', 'check_section', 'check_methods',
-           'check_method_names', 'check_pair_pools', 'check_params', 'apply_variant', 'read_params', 'load_params']
+           'check_method_names', 'worlds_methods', 'check_pair_pools', 'check_params', 'apply_variant', 'read_params',
+           'load_params']
 
 # %% ../nbs/28_config.ipynb #1d35bbe2
 class ParamsError(ValueError):
@@ -205,6 +206,14 @@ def _registry() -> dict:
     from dive_nb.methods import METHODS
     return METHODS
 
+def worlds_methods(
+    worlds: dict,  # the `worlds` section
+) -> list[str]:  # its `methods`
+    "The methods the other worlds train, or a one-line `ParamsError`: there is no built-in list."
+    if not worlds.get("methods"):
+        raise ParamsError("worlds.methods: the methods the other worlds train (e.g. [zeroshot, lp, ft, flyp, dive]) is missing")
+    return list(worlds["methods"])
+
 def check_pair_pools(
     p: dict,  # a checked parameter file (mini profile: the world's split sizes are known before it is built)
 ) -> None:
@@ -238,8 +247,7 @@ def check_params(
         for key in ("main_methods", "wise_curves"): check_method_names(out.get(key), reg, key)
         check_method_names((out.get("sweeps") or {}).get("wise"), reg, "sweeps.wise")
         check_method_names((out.get("sweeps") or {}).get("lam"), reg, "sweeps.lam")
-        if out.get("worlds", {}).get("seeds") and not out["worlds"].get("methods"):
-            raise ParamsError("worlds.methods: the methods the other worlds train (e.g. [zeroshot, lp, ft, flyp, dive]) is missing")
+        if (out.get("worlds") or {}).get("seeds"): worlds_methods(out["worlds"])
         check_method_names((out.get("worlds") or {}).get("methods"), reg, "worlds.methods")
         check_method_names(methods, reg, "--methods")
         f = out["finetune"]

@@ -24,7 +24,7 @@ __all__ = ['EXACT_KEYS', 'resolve_run', 'stage_world', 'model_name_of', 'load_su
            'prepare_world', 'train_and_record', 'run_world', 'main']
 
 # %% ../nbs/23_experiment.ipynb #8f1f55e5
-from .config import load_params, apply_variant, ParamsError  # one reader and validator (nbs/28_config.ipynb)
+from .config import load_params, apply_variant, worlds_methods, ParamsError  # one reader and validator (nbs/28_config.ipynb)
 
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
@@ -477,10 +477,11 @@ def train_and_record(
     "Train and evaluate methods x seeds into one folder of records."
     runs, metrics, preds = Path(runs), Path(metrics), Path(preds)
     wise = [n for n, m in METHODS.items() if m.wise_curve] if wise is None else list(wise)
-    jobs = [(k, int(s), runs / f"{k}-{s}", {}) for k in methods if not get_method(k).untrained for s in seeds]
+    untrained = {k for k in methods if get_method(k).untrained}  # get_method: an unknown name is one clear error
+    jobs = [(k, int(s), runs / f"{k}-{s}", {}) for k in methods if k not in untrained for s in seeds]
     finetune_many(params, world, pretrained, teacher, jobs, workers=int(params.get("workers", 1)))
     ctx, out = ProfileContext(params, world, pretrained, teacher), []
-    for k, s, d, _ in [(k, int(s), runs, {}) for k in methods if get_method(k).untrained for s in seeds] + jobs:
+    for k, s, d, _ in [(k, int(s), runs, {}) for k in methods if k in untrained for s in seeds] + jobs:
         r = evaluate_run(ctx, k, s, d, metrics / f"{k}-{s}.json", preds / f"{k}-{s}.preds.pt", wise=k in wise)
         print(f"{k:9s} seed {s}: ID {r['id_acc']:.1f} OOD {r['ood_acc']['avg']:.1f} ZS {r['zs_acc']['avg']:.1f}", flush=True)
         out.append(r)
@@ -498,8 +499,7 @@ def run_world(
     p = copy.deepcopy(params)
     p.setdefault("world", {})["seed"] = int(world_seed)
     w = p.get("worlds") or {}
-    if not w.get("methods"): raise ParamsError("worlds.methods: the methods to train on the other worlds (e.g. [zeroshot, lp, ft, flyp, dive])")
-    methods, seed = list(w["methods"]), int(w.get("seed", 0))
+    methods, seed = worlds_methods(w), int(w.get("seed", 0))
     world, pre, teach = prepare_world(p, artifacts)
     a = Path(artifacts)
     return train_and_record(p, world, pre, teach, methods, [seed], a / "runs", metrics, preds or a / "preds")

@@ -310,12 +310,13 @@ def figure_mps_fewshot(ctx: ReportInputs):
 
 def figure_promptot(ctx: ReportInputs):
     "Base, novel and harmonic-mean accuracy of each Prompt-OT arm, mean ± std over seeds."
-    S = arm_stats(experiment_rows(ctx, "promptot"), ["base_acc", "novel_acc", "hm"])
+    D = experiment_rows(ctx, "promptot")
+    S = arm_stats(D, ["base_acc", "novel_acc", "hm"])
     with _style():
         fig, (ax,) = _figure(width=4.2, height=2.8)
         _bars(ax, list(S["variant"]), {k: (S[c], S[f"{c}.std"]) for k, c in (("base", "base_acc"), ("novel", "novel_acc"), ("HM", "hm"))},
               _palette(3), "accuracy (%)")
-        ax.set_title(f"Base-to-novel ({seeds_text(experiment_rows(ctx, 'promptot'))})", fontsize=8); ax.legend(fontsize=7)
+        ax.set_title(f"Base-to-novel ({seeds_text(D)})", fontsize=8); ax.legend(fontsize=7)
     return fig
 
 def _points(ax, labels: list[str], groups: dict, colours: list, ylabel: str):

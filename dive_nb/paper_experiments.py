@@ -449,14 +449,15 @@ def _mps_arms(
     arms = []
     shots = [int(k) for k in c.get("shots", [1, 2, 4, 8, 16])]
     K, vs = max(shots), int(c.get("val_shots", 16))
-    methods = list(c.get("methods", ["mps", "coop", "lp"]))  # the paper's method first: the ablations vary it
+    methods = list(c.get("methods", ["mps", "coop", "lp"]))
+    P = methods[0]  # the paper's method: the ablations vary it
     arms.append(mk("pretrained", untrained_method(), {}, variant="pre-trained"))
     for k in shots:
         arms += [mk(f"{m}-k{k}", m, {}, select=k == K, lr_from=None if k == K else f"{m}-k{K}", shots=k, variant="main",
                     val_shots=vs) for m in methods]
     for var, over in (("ce only", {"lam1": 0.0, "lam2": 0.0}), ("+ gram", {"lam2": 0.0}), ("+ sculpt", {"lam1": 0.0}),
                       ("gram global only", {"gram_local": 0.0}), ("gram local only", {"gram_global": 0.0})):
-        arms.append(mk(f"{methods[0]}-k{K}-{var.replace(' ', '_').replace('+', 'plus')}", methods[0], over, lr_from=f"{methods[0]}-k{K}",
+        arms.append(mk(f"{P}-k{K}-{var.replace(' ', '_').replace('+', 'plus')}", P, over, lr_from=f"{P}-k{K}",
                        shots=K, variant=var, val_shots=vs))
     return arms
 

@@ -9,7 +9,7 @@ import functools, json
 # %% auto #0
 __all__ = ['PAPER_SOURCE', 'PAPER', 'paper_numbers', 'cite', 'registry', 'paper_rows', 'paper_value', 'paper_cost_ratio',
            'method_order', 'paper_of', 'method_setting', 'claims_data', 'proposed', 'ablations', 'figure_methods',
-           'zero_shot_method', 'wise_baseline', 'method_label', 'is_core']
+           'zero_shot_method', 'wise_baseline', 'wise_methods', 'method_label', 'is_core']
 
 # %% ../nbs/33_paper_numbers.ipynb #d5928937
 @functools.cache  # read once: the report, the calibration and every cite() share it
@@ -123,6 +123,12 @@ def wise_baseline(
     "The baseline a method interpolates with the pre-trained weights (`wiseft` → ft); None otherwise (DiVE's `dive_wise` is a method of its paper)."
     m = registry().get(method)
     return m.base if m is not None and m.base and not m.paper else None
+
+def wise_methods(
+    bases,  # method names
+) -> list[str]:  # in registry order
+    "The baseline entries that record the WiSE-FT curve of one of `bases` (`wise_baseline` in `bases`: wiseft for ft)."
+    return [n for n in list(registry()) if wise_baseline(n) in bases]
 
 def method_label(method: str) -> str:
     "A method's name in tables and legends: `Method.label`, else its registered name."

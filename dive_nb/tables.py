@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from .config import PAPER_EXPERIMENTS
 from .stats import column_digits, column_label, aggregate, fmt_mean_std, paired_bootstrap, summarise
 from .paper_numbers import PAPER, PAPER_SOURCE, is_core, method_order, method_setting
 from .paper_numbers import paper_cost_ratio, paper_of, paper_rows, paper_value
-from .config import PAPER_EXPERIMENTS
 from .paper_numbers import ablations, method_label, proposed, registry
 # every builder's `ctx` is a dive_nb.report.ReportInputs; annotations are not evaluated, so this module need not import the
 # report (which imports it)
